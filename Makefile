@@ -1,0 +1,38 @@
+# The two commands of the README: `make repro` and `make test`. Both bootstrap a fresh machine.
+SHELL := /bin/bash
+UV := python3 -m uv
+RUN := $(UV) run --locked
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: bootstrap repro test test-slow test-all lint format bench
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+## Run the whole pipeline on the embedded default (dvc repro).
+repro: bootstrap
+	$(RUN) dvc repro
+
+## Fast tests (the default CI run). Slow tests: `make test-slow`.
+test: bootstrap
+	$(RUN) pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: bootstrap
+	$(RUN) pytest -m slow $(PYTEST_ARGS)
+
+test-all: bootstrap
+	$(RUN) pytest $(PYTEST_ARGS)
+
+lint: bootstrap
+	$(RUN) ruff check src tests benchmarks
+	$(RUN) ruff format --check src tests benchmarks
+
+format: bootstrap
+	$(RUN) ruff format src tests benchmarks
+	$(RUN) ruff check --fix src tests benchmarks
+
+## Side-by-side benchmarks; each prints its ratio.
+bench: bootstrap
+	@set -e; for f in benchmarks/*.py; do echo "== $$f"; $(RUN) python "$$f"; done

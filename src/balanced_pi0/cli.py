@@ -1,0 +1,113 @@
+"""``bpi0 <stage>``: one subcommand per pipeline stage.
+
+Every stage reads its params from ``--params`` (default ``params.yaml``) and takes
+its inputs and outputs as options whose defaults are the pipeline's paths, so a
+stage can run on a researcher's own dataset outside DVC. The stage code lives in
+the module named in ``STAGES``; this file only parses arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from dataclasses import dataclass, field
+
+from balanced_pi0 import config as _config
+from balanced_pi0.errors import InputError
+
+
+@dataclass(frozen=True)
+class Opt:
+    flag: str
+    default: str | None
+    help: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    #: ``module:function`` called as ``function(params, **options)``
+    target: str
+    options: tuple[Opt, ...] = field(default_factory=tuple)
+
+
+# The pipeline, in order. Paths are the DVC stage outputs (see dvc.yaml).
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "layout",
+        "print the action-group layout and the effective loss weights the params define",
+        "balanced_pi0.cli:show_layout",
+    ),
+)
+
+
+def show_layout(params: _config.Params) -> None:
+    layout = params.layout.build()
+    loss = params.train.loss
+    raw = layout.weight_vector(loss.group_weights, loss.dimension_weights)
+    real = raw[: layout.real_action_dim]
+    eff = real / real.mean()
+    out = layout.to_dict()
+    out["effective_dimension_weights"] = [round(float(v), 6) for v in eff]
+    json.dump(out, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bpi0",
+        description="balanced_pi0 pipeline stages. Each stage reads --params and writes its outputs.",
+    )
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
+    for st in STAGES:
+        p = sub.add_parser(st.name, help=st.help, description=st.help)
+        p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+        p.add_argument(
+            "-S",
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a param, e.g. -S train.loss.strategy=delta (value parsed as YAML)",
+        )
+        for o in st.options:
+            p.add_argument(o.flag, default=o.default, help=f"{o.help} (default: %(default)s)")
+    return parser
+
+
+def _overrides(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise _config.ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    stage = next(s for s in STAGES if s.name == args.stage)
+    try:
+        params = _config.load(args.params, _overrides(args.set))
+    except _config.ConfigError as e:
+        print(f"bpi0 {stage.name}: {e}", file=sys.stderr)
+        return 2
+    module, func = stage.target.split(":")
+    fn = getattr(importlib.import_module(module), func)
+    kwargs = {dest: getattr(args, dest) for dest in (o.flag.lstrip("-").replace("-", "_") for o in stage.options)}
+    try:
+        fn(params, **kwargs)
+    except InputError as e:
+        print(f"bpi0 {stage.name}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

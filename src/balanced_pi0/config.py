@@ -1,0 +1,293 @@
+"""Typed configuration: ``params.yaml`` loaded into frozen dataclasses.
+
+This module is the only way code reads params. Every section is a frozen
+pydantic dataclass with ``extra="forbid"``, so an unknown key, a wrong type or a
+value outside its allowed set is rejected with an error that names the full key
+path, e.g. ``train.loss.strategy: expected one of 'uniform', 'per_group', ...``.
+
+Sections follow the pipeline stages (fetch, analyze, normstats, filter, train,
+eval, paper) so that each DVC stage can depend on only the params it reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
+
+from balanced_pi0 import groups as _groups
+from balanced_pi0.errors import InputError
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+def section(cls):
+    """Frozen, unknown-key-rejecting dataclass."""
+    return dataclass(frozen=True, config=_STRICT)(cls)
+
+
+class ConfigError(InputError):
+    """A params file that cannot be used; the message names the key path."""
+
+
+# --------------------------------------------------------------------------------------
+# Layout
+# --------------------------------------------------------------------------------------
+@section
+class LayoutConfig:
+    """Either ``preset: r1pro`` or an explicit ``groups: {name: [start, stop]}`` mapping."""
+
+    preset: str | None = "r1pro"
+    groups: dict[str, list[int]] | None = None
+    real_action_dim: int | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if self.groups is not None and self.real_action_dim is None:
+            raise ValueError("real_action_dim is required when groups are given")
+        if self.groups is None and self.preset is None:
+            raise ValueError("give either preset or groups")
+        return self
+
+    def build(self) -> _groups.GroupLayout:
+        if self.groups is not None:
+            return _groups.layout_from_mapping("custom", self.groups, int(self.real_action_dim))
+        return _groups.get_layout(self.preset)
+
+
+# --------------------------------------------------------------------------------------
+# fetch: dataset source and split
+# --------------------------------------------------------------------------------------
+@section
+class SimConfig:
+    episodes: int = Field(60, gt=0)
+    seed: int = 0
+    resolution: int = Field(64, ge=16)
+    fps: int = Field(10, gt=0)
+    #: probability that the target is placed within reach of the start pose (arm-heavy episode)
+    arm_heavy_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    max_steps: int = Field(200, gt=0)
+
+
+@section
+class SplitConfig:
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+@section
+class DatasetConfig:
+    #: ``sim`` (embedded MuJoCo task), ``hub:<repo_id>`` or ``b1k:<path>``
+    source: str = "sim"
+    repo_id: str = "balanced_pi0/sim_reach"
+    #: cameras to keep (for hub/b1k sources, the dataset's image keys; sim always has these three)
+    cameras: list[str] = Field(default_factory=lambda: ["head", "left_wrist", "right_wrist"])
+    sim: SimConfig = Field(default_factory=SimConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v == "sim" or (v.startswith(("hub:", "b1k:")) and len(v.split(":", 1)[1]) > 0):
+            return v
+        raise ValueError(f"expected 'sim', 'hub:<repo_id>' or 'b1k:<path>', got {v!r}")
+
+
+# --------------------------------------------------------------------------------------
+# Preparation stages
+# --------------------------------------------------------------------------------------
+@section
+class AnalyzeConfig:
+    bins: int = Field(50, gt=1)
+
+
+NormVariant = Literal["standard", "balanced", "per_timestep"]
+
+
+@section
+class NormStatsConfig:
+    variants: list[NormVariant] = Field(default_factory=lambda: ["standard", "balanced", "per_timestep"])
+    #: histogram bins per dimension for streaming quantiles
+    bins: int = Field(100_000, gt=10)
+    #: scale floor for near-constant dimensions (openpi issue #814)
+    min_std: float = Field(1e-2, gt=0.0)
+
+
+@section
+class FilterConfig:
+    #: arm-heavy when arm_motion / base_motion >= ratio_threshold ...
+    ratio_threshold: float = Field(1.0, gt=0.0)
+    #: ... and arm_motion >= min_arm_motion (radians of summed joint path)
+    min_arm_motion: float = Field(0.5, ge=0.0)
+
+
+# --------------------------------------------------------------------------------------
+# Model, loss, training
+# --------------------------------------------------------------------------------------
+@section
+class ModelConfig:
+    size: Literal["tiny", "dummy", "pi0"] = "tiny"
+    action_horizon: int = Field(10, gt=0)
+    action_dim: int = Field(_groups.MODEL_ACTION_DIM, gt=0)
+    max_token_len: int = Field(48, gt=0)
+    image_resolution: int = Field(64, ge=14)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+Strategy = Literal["uniform", "per_group", "per_dimension", "delta"]
+MaskNormalization = Literal["token", "sample", "diluted", "none"]
+
+
+@section
+class LossConfig:
+    strategy: Strategy = "uniform"
+    mask_normalization: MaskNormalization = "token"
+    #: raw weight per group name; groups not named weigh 1.0
+    group_weights: dict[str, float] = Field(default_factory=dict)
+    #: explicit per-dimension weights (real_action_dim of them), for ``per_dimension``
+    dimension_weights: list[float] | None = None
+    delta_alpha: float = 0.2
+    delta_beta: float = 1.0
+    delta_cap: float = 0.5
+
+
+@section
+class OptimizerConfig:
+    peak_lr: float = Field(2.5e-4, gt=0.0)
+    decay_lr: float = Field(2.5e-5, ge=0.0)
+    warmup_steps: int = Field(20, ge=0)
+    decay_steps: int = Field(400, gt=0)
+    clip_norm: float = Field(1.0, gt=0.0)
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 1e-10
+    ema_decay: float | None = Field(0.99, ge=0.0, lt=1.0)
+
+
+@section
+class PhaseConfig:
+    steps: int = Field(gt=0)
+    #: ``train`` (all training episodes of split.json) or ``arm_heavy`` (arm_heavy.json)
+    episodes: Literal["train", "arm_heavy"] = "train"
+
+
+@section
+class TrainConfig:
+    backend: Literal["jax", "torch"] = "jax"
+    seed: int = 0
+    batch_size: int = Field(16, gt=0)
+    norm_stats: NormVariant = "standard"
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    curriculum: list[PhaseConfig] = Field(default_factory=lambda: [PhaseConfig(steps=400)])
+    checkpoint_every: int = Field(100, gt=0)
+    log_every: int = Field(10, gt=0)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(p.steps for p in self.curriculum)
+
+
+@section
+class EvalConfig:
+    num_flow_samples: int = Field(4, gt=0)
+    num_steps: int = Field(10, gt=0)
+    rollouts: int = Field(20, ge=0)
+    rollout_seed: int = 10_000
+    n_action_steps: int = Field(5, gt=0)
+    videos: int = Field(2, ge=0)
+
+
+@section
+class Params:
+    layout: LayoutConfig = Field(default_factory=LayoutConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
+    normstats: NormStatsConfig = Field(default_factory=NormStatsConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    #: DVC-level values (run matrix, experiment presets) that the code does not read
+    runs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        try:
+            layout = self.layout.build()
+        except _groups.LayoutError as e:
+            raise ValueError(f"layout: {e}") from None
+        loss = self.train.loss
+        # Raises LayoutError with the field path; re-raised as a ValueError for pydantic.
+        try:
+            layout.weight_vector(loss.group_weights, loss.dimension_weights, field="train.loss.group_weights")
+        except _groups.LayoutError as e:
+            raise ValueError(str(e)) from None
+        if loss.strategy == "per_dimension" and loss.dimension_weights is None:
+            raise ValueError("train.loss.dimension_weights is required when strategy is 'per_dimension'")
+        if layout.real_action_dim > self.model.action_dim:
+            raise ValueError(
+                f"model.action_dim {self.model.action_dim} < layout real_action_dim {layout.real_action_dim}"
+            )
+        return self
+
+
+_ADAPTER = TypeAdapter(Params)
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p != "__root__")
+        msg = e["msg"]
+        if e["type"] == "literal_error":
+            msg = "expected one of " + msg.removeprefix("Input should be ")
+        elif e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            msg = "unknown key"
+        elif e["type"].startswith("value_error"):
+            msg = msg.removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(lines)
+
+
+def from_dict(data: dict[str, Any] | None, *, source: str = "params") -> Params:
+    try:
+        return _ADAPTER.validate_python(data or {})
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_format(e)}") from None
+
+
+def load(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Load and validate a params file; ``overrides`` maps dotted keys to values."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found")
+    with path.open() as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    return from_dict(data, source=str(path))
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {p} is not a mapping")
+    node[parts[-1]] = value
+
+
+def to_dict(params: Params) -> dict[str, Any]:
+    """Plain-data view (for run metadata)."""
+    return _ADAPTER.dump_python(params, mode="json")
