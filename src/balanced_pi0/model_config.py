@@ -1,0 +1,113 @@
+"""Backend-neutral pi0 architecture sizes (one definition for JAX and PyTorch).
+
+Widths follow openpi's ``gemma.get_config`` and big_vision's SigLIP variants.
+``tiny`` is this project's CPU size (embedded default, tests): Gemma-"dummy"-like
+widths, a byte-level vocabulary, a small SigLIP with small images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class GemmaConfig:
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
+class SiglipConfig:
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    patch_size: int
+
+
+GEMMA = {
+    "gemma_2b": GemmaConfig(width=2048, depth=18, mlp_dim=16_384, num_heads=8, num_kv_heads=1, head_dim=256),
+    "gemma_300m": GemmaConfig(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256),
+    "dummy": GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=16),
+    # The CPU size: two layers, dummy widths.
+    "tiny": GemmaConfig(width=64, depth=2, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=16),
+}
+
+SIGLIP = {
+    "So400m/14": SiglipConfig(width=1152, depth=27, mlp_dim=4304, num_heads=16, patch_size=14),
+    "mu/14": SiglipConfig(width=32, depth=1, mlp_dim=128, num_heads=2, patch_size=14),
+    # 64x64 images in 8x8 patches -> 64 tokens per camera.
+    "tiny/8": SiglipConfig(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8),
+}
+
+#: PaliGemma's SentencePiece vocabulary.
+PALIGEMMA_VOCAB = 257_152
+#: Byte-level tokenizer: 256 bytes + BOS, EOS, PAD, newline marker, rounded up.
+BYTE_VOCAB = 260
+
+CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+
+
+@dataclass(frozen=True)
+class Pi0Config:
+    paligemma_variant: str = "gemma_2b"
+    action_expert_variant: str = "gemma_300m"
+    siglip_variant: str = "So400m/14"
+    action_dim: int = 32
+    action_horizon: int = 50
+    max_token_len: int = 48
+    image_resolution: int = 224
+    vocab_size: int = PALIGEMMA_VOCAB
+    cameras: tuple[str, ...] = field(default=CAMERAS)
+    #: compute dtype; params stay float32
+    dtype: str = "float32"
+
+    @property
+    def llm(self) -> GemmaConfig:
+        return GEMMA[self.paligemma_variant]
+
+    @property
+    def expert(self) -> GemmaConfig:
+        return GEMMA[self.action_expert_variant]
+
+    @property
+    def siglip(self) -> SiglipConfig:
+        return SIGLIP[self.siglip_variant]
+
+    @property
+    def tokens_per_image(self) -> int:
+        return (self.image_resolution // self.siglip.patch_size) ** 2
+
+
+SIZES: dict[str, Pi0Config] = {
+    "pi0": Pi0Config(),
+    # openpi's dummy Gemma for both experts, with the small "mu/14" SigLIP of the oracle fixture.
+    "dummy": Pi0Config(
+        paligemma_variant="dummy",
+        action_expert_variant="dummy",
+        siglip_variant="mu/14",
+        action_horizon=10,
+        max_token_len=16,
+    ),
+    "tiny": Pi0Config(
+        paligemma_variant="tiny",
+        action_expert_variant="tiny",
+        siglip_variant="tiny/8",
+        action_horizon=10,
+        max_token_len=48,
+        image_resolution=64,
+        vocab_size=BYTE_VOCAB,
+    ),
+}
+
+
+def get_config(size: str, **overrides) -> Pi0Config:
+    try:
+        cfg = SIZES[size]
+    except KeyError:
+        raise ValueError(f"unknown model size {size!r}; sizes are {sorted(SIZES)}") from None
+    return replace(cfg, **overrides)
