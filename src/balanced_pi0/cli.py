@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, func = stage.target.split(":")
     fn = getattr(importlib.import_module(module), func)
-    kwargs = {dest: getattr(args, dest) for dest in (o.flag.lstrip("-").replace("-", "_") for o in stage.options)}
+    kwargs = {
+        dest: getattr(args, dest) for dest in (o.flag.lstrip("-").replace("-", "_") for o in stage.options)
+    }
     try:
         fn(params, **kwargs)
     except InputError as e:

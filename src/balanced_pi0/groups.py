@@ -187,7 +187,10 @@ def _validate(layout: GroupLayout) -> None:
 
 
 def layout_from_mapping(
-    name: str, groups: Mapping[str, Sequence[int]], real_action_dim: int, model_action_dim: int = MODEL_ACTION_DIM
+    name: str,
+    groups: Mapping[str, Sequence[int]],
+    real_action_dim: int,
+    model_action_dim: int = MODEL_ACTION_DIM,
 ) -> GroupLayout:
     """Build a layout from ``{group: [start, stop)}`` as written in params.yaml."""
     parsed = []
@@ -199,7 +202,9 @@ def layout_from_mapping(
         ):
             raise LayoutError(f"layout {name!r}: group {gname!r} must be [start, stop) ints, got {span!r}")
         parsed.append(Group(str(gname), int(span[0]), int(span[1])))
-    return GroupLayout(name=name, groups=tuple(parsed), real_action_dim=real_action_dim, model_action_dim=model_action_dim)
+    return GroupLayout(
+        name=name, groups=tuple(parsed), real_action_dim=real_action_dim, model_action_dim=model_action_dim
+    )
 
 
 R1PRO = GroupLayout(

@@ -1,0 +1,42 @@
+"""The CLI: every stage is listed, params errors exit 2 with the key path, overrides apply."""
+
+import json
+
+import pytest
+
+from balanced_pi0 import cli
+
+
+def test_help_lists_every_stage(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for stage in cli.STAGES:
+        assert stage.name in out
+
+
+def test_layout_stage_prints_effective_weights(tmp_path, capsys):
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  loss:\n    strategy: per_group\n    group_weights: {left_arm: 3, right_arm: 3}\n")
+    assert cli.main(["layout", "--params", str(p)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    w = out["effective_dimension_weights"]
+    assert len(w) == 23
+    assert sum(w) == pytest.approx(23.0, abs=1e-4)  # renormalised to mean 1 over real dims
+    assert w[7] == pytest.approx(3 * w[0], rel=1e-5)
+
+
+def test_bad_params_exit_2_naming_the_key(tmp_path, capsys):
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  loss:\n    strategy: nope\n")
+    assert cli.main(["layout", "--params", str(p)]) == 2
+    assert "train.loss.strategy: expected one of" in capsys.readouterr().err
+
+
+def test_set_overrides(tmp_path, capsys):
+    p = tmp_path / "params.yaml"
+    p.write_text("{}\n")
+    assert cli.main(["layout", "--params", str(p), "-S", "train.loss.group_weights={base: 2}"]) == 0
+    w = json.loads(capsys.readouterr().out)["effective_dimension_weights"]
+    assert w[0] == pytest.approx(2 * w[3], rel=1e-5)

@@ -1,0 +1,98 @@
+"""The typed params loader: defaults, the repo's params.yaml, and every kind of bad input."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from balanced_pi0 import config
+from balanced_pi0.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_yaml_loads_and_builds_the_r1pro_layout():
+    params = config.load(REPO / "params.yaml")
+    assert params.layout.build().name == "r1pro"
+    assert params.train.loss.mask_normalization == "token"
+    assert params.train.total_steps == sum(p.steps for p in params.train.curriculum)
+
+
+def test_sections_are_frozen():
+    params = config.from_dict({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.train.loss.strategy = "delta"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"train": {"loss": {"strategy": "foo"}}},
+            r"train\.loss\.strategy: expected one of 'uniform', 'per_group'",
+        ),
+        (
+            {"train": {"loss": {"mask_normalization": "mean"}}},
+            r"train\.loss\.mask_normalization: expected one of",
+        ),
+        ({"train": {"loss": {"strateg": "uniform"}}}, r"train\.loss\.strateg: unknown key"),
+        ({"bogus": 1}, r"bogus: unknown key"),
+        ({"train": {"batch_size": "many"}}, r"train\.batch_size: Input should be a valid integer"),
+        ({"train": {"batch_size": 0}}, r"train\.batch_size: Input should be greater than 0"),
+        (
+            {"dataset": {"source": "ftp:foo"}},
+            r"dataset\.source: expected 'sim', 'hub:<repo_id>' or 'b1k:<path>'",
+        ),
+        ({"train": {"loss": {"group_weights": {"arm": 2}}}}, r"unknown group\(s\) \['arm'\]"),
+        (
+            {"train": {"loss": {"group_weights": {"base": -2}}}},
+            r"train\.loss\.group_weights\.base: weights must be",
+        ),
+        ({"train": {"loss": {"strategy": "per_dimension"}}}, r"train\.loss\.dimension_weights is required"),
+        ({"train": {"loss": {"dimension_weights": [1.0, 2.0]}}}, r"dimension_weights: expected 23 weights"),
+        (
+            {"layout": {"groups": {"a": [0, 2], "b": [1, 3]}, "real_action_dim": 3}},
+            r"layout: .*overlap at dimension 1",
+        ),
+        ({"layout": {"groups": {"a": [0, 2]}}}, r"layout: .*real_action_dim is required"),
+        (
+            {"train": {"curriculum": [{"steps": 10, "episodes": "hard"}]}},
+            r"train\.curriculum\.0\.episodes: expected",
+        ),
+    ],
+)
+def test_bad_params_name_the_key_path(data, message):
+    with pytest.raises(ConfigError, match=message):
+        config.from_dict(data)
+
+
+def test_custom_layout_from_params():
+    params = config.from_dict({"layout": {"groups": {"arm": [0, 7], "base": [7, 10]}, "real_action_dim": 10}})
+    layout = params.layout.build()
+    assert layout.group_names == ("arm", "base") and layout.real_action_dim == 10
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        config.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match=f"{bad}: not valid YAML"):
+        config.load(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level"):
+        config.load(bad)
+
+
+def test_overrides_use_dotted_keys(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  batch_size: 4\n")
+    params = config.load(p, {"train.loss.strategy": "delta", "train.batch_size": 8})
+    assert params.train.loss.strategy == "delta" and params.train.batch_size == 8
+    with pytest.raises(ConfigError, match=r"train\.loss\.strategy: expected one of"):
+        config.load(p, {"train.loss.strategy": "nope"})
+
+
+def test_to_dict_round_trips():
+    params = config.load(REPO / "params.yaml")
+    assert config.from_dict(config.to_dict(params)) == params

@@ -1,0 +1,101 @@
+"""The action-group layout: the R1Pro preset and validation of custom layouts."""
+
+import numpy as np
+import pytest
+
+from balanced_pi0 import groups
+from balanced_pi0.groups import Group, GroupLayout, LayoutError
+
+
+def test_r1pro_is_the_behavior1k_action_order():
+    spans = {g.name: (g.start, g.stop) for g in groups.R1PRO.groups}
+    assert spans == {
+        "base": (0, 3),
+        "torso": (3, 7),
+        "left_arm": (7, 14),
+        "left_gripper": (14, 15),
+        "right_arm": (15, 22),
+        "right_gripper": (22, 23),
+    }
+    assert groups.R1PRO.real_action_dim == 23
+    assert groups.R1PRO.model_action_dim == groups.MODEL_ACTION_DIM == 32
+    # The common mistake (state order) puts the right arm at 14:21; the action order does not.
+    assert groups.R1PRO.group("right_arm").indices != range(14, 21)
+
+
+def test_get_layout_by_name_and_unknown_preset():
+    assert groups.get_layout("r1pro") is groups.R1PRO
+    with pytest.raises(LayoutError, match="unknown layout preset 'r2d2'"):
+        groups.get_layout("r2d2")
+
+
+def test_group_masks_tile_the_real_dims_and_leave_padding_false():
+    masks = groups.R1PRO.group_masks()
+    assert masks.shape == (6, 32)
+    assert (masks.sum(axis=0)[:23] == 1).all()
+    assert not masks[:, 23:].any()
+    assert groups.R1PRO.real_dim_mask().sum() == 23
+    np.testing.assert_array_equal(groups.R1PRO.group_of_dim()[[0, 3, 7, 14, 15, 22]], [0, 1, 2, 3, 4, 5])
+
+
+def test_weight_vector_groups_dims_and_padding():
+    w = groups.R1PRO.weight_vector({"left_arm": 3.0, "right_arm": 3.0})
+    assert w.shape == (32,)
+    assert (w[7:14] == 3).all() and (w[15:22] == 3).all()
+    assert (w[[0, 1, 2, 3, 6, 14, 22]] == 1).all()
+    assert (w[23:] == 0).all()
+    dims = np.arange(1, 24, dtype=float)
+    w2 = groups.R1PRO.weight_vector({"base": 2.0}, dims)
+    np.testing.assert_array_equal(w2[:3], 2 * dims[:3])
+    np.testing.assert_array_equal(w2[3:23], dims[3:])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"group_weights": {"arms": 2.0}}, r"group_weights: unknown group\(s\) \['arms'\]"),
+        ({"group_weights": {"base": -1.0}}, r"group_weights.base: weights must be finite and > 0"),
+        ({"group_weights": {"base": 0.0}}, r"group_weights.base: weights must be finite and > 0"),
+        ({"group_weights": {"base": float("nan")}}, r"group_weights.base: weights must be finite"),
+        ({"group_weights": {"base": "x"}}, r"group_weights.base: expected a number"),
+        ({"dimension_weights": [1.0] * 22}, r"dimension_weights: expected 23 weights .* got 22"),
+        (
+            {"dimension_weights": [1.0] * 22 + [float("inf")]},
+            r"dimension_weights\[22\]: weights must be finite",
+        ),
+    ],
+)
+def test_bad_weights_name_the_field(kwargs, message):
+    with pytest.raises(LayoutError, match=message):
+        groups.R1PRO.weight_vector(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("spans", "dim", "message"),
+    [
+        ({"a": (0, 2), "b": (1, 3)}, 3, r"groups 'a' and 'b' overlap at dimension 1"),
+        ({"a": (0, 2)}, 3, r"dimensions \[2\] belong to no group"),
+        ({"a": (0, 2), "b": (2, 4)}, 3, r"group 'b' \[2, 4\) lies outside \[0, real_action_dim=3\)"),
+        ({"a": (-1, 3)}, 3, r"group 'a' \[-1, 3\) lies outside"),
+        ({"a": (0, 3), "b": (3, 3)}, 3, r"group 'b' \[3, 3\) is empty"),
+    ],
+)
+def test_invalid_layouts_name_group_and_indices(spans, dim, message):
+    with pytest.raises(LayoutError, match=message):
+        GroupLayout("custom", tuple(Group(n, a, b) for n, (a, b) in spans.items()), real_action_dim=dim)
+
+
+def test_duplicate_group_names_and_bad_spans():
+    with pytest.raises(LayoutError, match="group 'a' is defined twice"):
+        GroupLayout("custom", (Group("a", 0, 1), Group("a", 1, 2)), real_action_dim=2)
+    with pytest.raises(LayoutError, match=r"group 'a' must be \[start, stop\) ints"):
+        groups.layout_from_mapping("custom", {"a": [0, 1, 2]}, 3)
+    with pytest.raises(LayoutError, match="model_action_dim 8 < real_action_dim 10"):
+        GroupLayout("custom", (Group("a", 0, 10),), real_action_dim=10, model_action_dim=8)
+
+
+def test_layout_from_mapping_round_trip():
+    layout = groups.layout_from_mapping("custom", groups.R1PRO.to_dict()["groups"], 23)
+    assert [(g.name, g.start, g.stop) for g in layout.groups] == [
+        (g.name, g.start, g.stop) for g in groups.R1PRO.groups
+    ]
