@@ -1,0 +1,95 @@
+"""The closed-loop harness on a toy env whose outcome is known in advance."""
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from balanced_pi0.errors import InputError
+from balanced_pi0.evaluate import closed_loop as cl
+from balanced_pi0.groups import R1PRO
+
+
+class ToyEnv:
+    """State = the last action (position control); success when the left arm reaches 1.0."""
+
+    fps = 10.0
+
+    def __init__(self, max_steps=30):
+        self.max_steps = max_steps
+
+    def reset(self, seed):
+        self.t = 0
+        self.state = np.zeros(23, np.float32)
+        return {"state": self.state.copy(), "images": {"head": np.full((4, 4, 3), seed % 255, np.uint8)}}
+
+    def step(self, action):
+        self.t += 1
+        self.state = np.asarray(action, np.float32).copy()
+        success = bool(np.all(self.state[7:14] >= 1.0))
+        obs = {"state": self.state.copy(), "images": {"head": np.full((4, 4, 3), self.t, np.uint8)}}
+        return obs, success, self.t >= self.max_steps
+
+
+def reaching_policy(calls):
+    def policy(obs):
+        calls.append(1)
+        chunk = np.repeat(obs["state"][None], 4, axis=0)
+        for h in range(4):
+            chunk[h, 7:14] = obs["state"][7:14] + 0.25 * (h + 1)
+            chunk[h, 0] = 0.5  # base vx
+        return chunk
+
+    return policy
+
+
+def idle_policy(obs):
+    return np.repeat(obs["state"][None], 4, axis=0)
+
+
+def test_reaching_policy_succeeds_with_chunking():
+    calls = []
+    r = cl.rollout(
+        ToyEnv(), reaching_policy(calls), seed=3, n_action_steps=2, max_steps=50, record_camera="head"
+    )
+    # +0.25 per executed step from 0 -> 4 steps to reach 1.0; 2 executed per chunk -> 2 policy calls
+    assert r.success and r.steps_to_success == 4 and len(calls) == 2
+    assert r.states.shape == (5, 23) and r.actions.shape == (4, 23) and r.frames.shape == (5, 4, 4, 3)
+    m = cl.motion(r, R1PRO, fps=10.0)
+    assert m["base_distance"] == pytest.approx(4 * 0.5 / 10)
+    assert m["arm_path"] == pytest.approx(4 * np.sqrt(7 * 0.25**2))
+    assert cl.idle_arm_steps(r, R1PRO) == (0, 4)
+
+
+def test_idle_policy_is_the_stagnation_signature():
+    r = cl.rollout(ToyEnv(max_steps=12), idle_policy, seed=0, n_action_steps=4, max_steps=50)
+    assert not r.success and r.steps == 12
+    assert cl.idle_arm_steps(r, R1PRO) == (12, 12)
+    summary = cl.summarize([r], R1PRO, fps=10.0)
+    assert summary["arm_idle_fraction"] == 1.0 and summary["success_rate"] == 0.0
+
+
+def test_summary_and_expert_comparison():
+    good = [cl.rollout(ToyEnv(), reaching_policy([]), s, n_action_steps=4, max_steps=50) for s in range(3)]
+    bad = [
+        cl.rollout(ToyEnv(max_steps=8), idle_policy, s, n_action_steps=4, max_steps=50) for s in range(3, 4)
+    ]
+    s = cl.summarize(good + bad, R1PRO, fps=10.0)
+    assert s["successes"] == 3 and s["episodes"] == 4
+    assert s["time_to_success_s"] == pytest.approx(0.4)
+    assert s["arm_idle_fraction"] == pytest.approx(8 / (3 * 4 + 8))
+    expert = cl.summarize(good, R1PRO, fps=10.0)
+    cmp = cl.compare_with_expert(s, expert)
+    assert cmp["arm_path_vs_expert"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (5, 10), (10, 10), (19, 20), (1, 3)])
+def test_wilson_interval_matches_scipy(k, n):
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert cl.wilson_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def test_bad_policy_output_and_bad_chunking():
+    with pytest.raises(InputError, match=r"action chunk of shape \(23,\)"):
+        cl.rollout(ToyEnv(), lambda obs: obs["state"], 0, n_action_steps=1, max_steps=5)
+    with pytest.raises(InputError, match="n_action_steps must be > 0"):
+        cl.rollout(ToyEnv(), idle_policy, 0, n_action_steps=0, max_steps=5)
