@@ -211,7 +211,7 @@ def action_loss(sq_err, action_is_pad, actions, spec: LossSpec) -> tuple[Any, di
     _check_inputs(xp, sq_err, action_is_pad, actions, spec)
     dtype = xp.result_type(sq_err.dtype, xp.float32)  # never accumulate in bf16
     real, groups, static_w, group_size = _constants(xp, spec, sq_err.shape[-1], dtype, device(sq_err))
-    e = xp.astype(sq_err, dtype)
+    e = xp.astype(sq_err, dtype, copy=False)
 
     step_is_valid = ~action_is_pad
     if spec.mask_normalization == "none":  # padding trained on: every step counts
@@ -221,15 +221,30 @@ def action_loss(sq_err, action_is_pad, actions, spec: LossSpec) -> tuple[Any, di
 
     w = static_w
     if spec.strategy == "delta":
-        w = static_w * _motion_factor(xp, spec, xp.astype(actions, dtype), step_valid, groups)
-    w = _stop_gradient(xp, _renormalise(xp, w, valid, step_valid, spec.layout.real_action_dim))
+        w = static_w * _motion_factor(xp, spec, xp.astype(actions, dtype, copy=False), step_valid, groups)
+    # Sums over dims go through the group matrix: short per-group sums keep float32 accurate
+    # where a backend (XLA on the CPU) adds a long reduction in sequence.
+    valid_per_group = xp.sum(step_valid) * group_size  # [G] valid elements
+    w_per_group = xp.sum(xp.where(valid, w, 0.0) @ groups, axis=(0, 1))
+    mean_w = xp.sum(w_per_group) / xp.clip(xp.sum(valid_per_group), min=1.0)
+    mean_w = xp.where(mean_w > 0, mean_w, 1.0)  # no valid element: nothing to renormalise
+    w = _stop_gradient(xp, w / mean_w)
 
     # `where`, not a product: a non-finite error on a masked element must not leak in.
-    weighted = xp.where(valid, w * e, 0.0)
+    e = xp.where(valid, e, 0.0)
+    weighted = xp.sum((w * e) @ groups, axis=-1, keepdims=True)
     num_real = xp.asarray([spec.layout.real_action_dim], dtype=dtype, device=device(sq_err))
-    loss = _reduce(xp, xp.sum(weighted, axis=-1)[:, :, None], step_valid, num_real, spec.mask_normalization)
-    info = _diagnostics(xp, spec, e, w, valid, step_valid, action_is_pad, groups, group_size, dtype)
-    return loss[0], info
+    loss = _reduce(xp, weighted, step_valid, num_real, spec.mask_normalization)[0]
+
+    group_loss = _reduce(xp, e @ groups, step_valid, group_size, spec.mask_normalization)
+    group_weight = w_per_group / mean_w / xp.clip(valid_per_group, min=1.0)
+    names = spec.layout.group_names
+    info = {
+        "pad_fraction": xp.mean(xp.astype(action_is_pad, dtype)),
+        "group_loss": {n: group_loss[i] for i, n in enumerate(names)},
+        "effective_group_weights": {n: group_weight[i] for i, n in enumerate(names)},
+    }
+    return loss, _stop_gradient(xp, info)
 
 
 def _reduce(xp, z, step_valid, n_dims, mode: str):
@@ -246,38 +261,15 @@ def _reduce(xp, z, step_valid, n_dims, mode: str):
 
 def _motion_factor(xp, spec: LossSpec, actions, step_valid, groups):
     """[B, H, D] per-group motion factor of ``delta`` weighting, mean 1 per group over valid steps."""
+    real_action_dim = spec.layout.real_action_dim
+    actions = actions[:, :, :real_action_dim]  # padded dims have no group (and may hold anything)
     step = actions[:, 1:, :] - actions[:, :-1, :]
     step = xp.concat([xp.zeros_like(actions[:, :1, :]), step], axis=1)  # no motion before the chunk
-    motion = xp.sqrt((step * step) @ groups)  # [B, H, G]; padded dims have no group
+    motion = xp.sqrt((step * step) @ groups[:real_action_dim, :])  # [B, H, G]
     factor = xp.clip(spec.delta_alpha + spec.delta_beta * xp.minimum(motion, spec.delta_cap), *DELTA_CLIP)
-    weighted_steps = xp.sum(step_valid[:, :, None] * factor, axis=(0, 1))
-    mean = weighted_steps / xp.clip(xp.sum(step_valid), min=1.0)
+    mean = xp.sum(step_valid[:, :, None] * factor, axis=(0, 1)) / xp.clip(xp.sum(step_valid), min=1.0)
     factor = factor / xp.where(mean > 0, mean, 1.0)[None, None, :]
     return factor @ xp.permute_dims(groups, (1, 0))
-
-
-def _renormalise(xp, w, valid, step_valid, real_action_dim: int):
-    """Divide ``w`` by its mean over the valid elements (kept finite when there are none)."""
-    num_valid = xp.clip(xp.sum(step_valid) * real_action_dim, min=1.0)
-    mean = xp.sum(xp.where(valid, w, 0.0)) / num_valid
-    return w / xp.where(mean > 0, mean, 1.0)
-
-
-def _diagnostics(xp, spec, e, w, valid, step_valid, action_is_pad, groups, group_size, dtype):
-    group_loss = _reduce(
-        xp, xp.where(valid, e, 0.0) @ groups, step_valid, group_size, spec.mask_normalization
-    )
-    valid_elements = xp.clip(xp.sum(step_valid) * group_size, min=1.0)
-    group_weight = (xp.sum(xp.where(valid, w, 0.0), axis=(0, 1)) @ groups) / valid_elements
-    names = spec.layout.group_names
-    return _stop_gradient(
-        xp,
-        {
-            "pad_fraction": xp.mean(xp.astype(action_is_pad, dtype)),
-            "group_loss": {n: group_loss[i] for i, n in enumerate(names)},
-            "effective_group_weights": {n: group_weight[i] for i, n in enumerate(names)},
-        },
-    )
 
 
 def _stop_gradient(xp, x):
