@@ -1,0 +1,181 @@
+"""JAX backend of ``balanced_pi0.train``: the jitted optimiser step, EMA, orbax checkpoints.
+
+The optimiser is openpi's: global-norm clipping, then AdamW at the schedule's
+learning rate (``optax.warmup_cosine_decay_schedule``, the same numbers as
+``train.learning_rate``), and an exponential moving average of the params.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from balanced_pi0 import config as _config
+from balanced_pi0 import model_config
+from balanced_pi0.loss import LossSpec, action_loss
+
+#: orbax writes these JSON files with wall-clock timestamps; zeroed so that checkpoints are byte-stable.
+_TIMESTAMP_KEYS = ("init_timestamp_nsecs", "commit_timestamp_nsecs")
+
+
+def make_schedule(opt: _config.OptimizerConfig) -> optax.Schedule:
+    return optax.warmup_cosine_decay_schedule(
+        init_value=opt.peak_lr / (opt.warmup_steps + 1),
+        peak_value=opt.peak_lr,
+        warmup_steps=opt.warmup_steps,
+        decay_steps=opt.decay_steps,
+        end_value=opt.decay_lr,
+    )
+
+
+def make_optimizer(opt: _config.OptimizerConfig) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(opt.clip_norm),
+        optax.adamw(make_schedule(opt), b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay),
+    )
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class TrainState:
+    params: Any
+    opt_state: Any
+    ema: Any
+
+
+def _step(graphdef, rest, tx, spec: LossSpec, ema_decay: float | None, make_obs, state: TrainState, batch):
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params, rest)
+        sq_err = model.compute_loss(
+            make_obs(batch["observation"]), batch["actions"], batch["noise"], batch["time"]
+        )
+        return action_loss(sq_err, batch["action_is_pad"], batch["actions"], spec)
+
+    (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema
+    if ema_decay is not None:
+        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **info}
+    return TrainState(params, opt_state, ema), metrics
+
+
+class JaxBackend:
+    name = "jax"
+
+    def __init__(
+        self,
+        params: _config.Params,
+        model_factory: Callable[[model_config.Pi0Config, nnx.Rngs], nnx.Module] | None = None,
+        make_observation: Callable[[Mapping], Any] | None = None,
+    ):
+        m = params.model
+        self.model_config = model_config.get_config(
+            m.size,
+            action_horizon=m.action_horizon,
+            action_dim=m.action_dim,
+            max_token_len=m.max_token_len,
+            image_resolution=m.image_resolution,
+            dtype=m.dtype,
+        )
+        self.seed = params.train.seed
+        self.opt = params.train.optimizer
+        self.spec = LossSpec.from_config(params)
+        self._factory = model_factory or _default_model
+        self._make_obs = make_observation or _default_observation
+        self.tx = make_optimizer(self.opt)
+        self.state: TrainState | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+    def init(self) -> None:
+        model = self._factory(self.model_config, nnx.Rngs(self.seed))
+        self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+        ema = jax.tree.map(jnp.copy, params) if self.opt.ema_decay is not None else None
+        self.state = TrainState(params, self.tx.init(params), ema)
+        step = partial(
+            _step, self.graphdef, self.rest, self.tx, self.spec, self.opt.ema_decay, self._make_obs
+        )
+        self._jit_step = jax.jit(step, donate_argnums=0)
+
+    def train_step(self, batch: Mapping[str, Any], step: int) -> dict[str, Any]:
+        self.state, metrics = self._jit_step(self.state, batch)
+        return jax.device_get(metrics)
+
+    # --- checkpoints -----------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        # No OCDBT: its data files get random names; plain zarr arrays are byte-stable.
+        handler = ocp.PyTreeCheckpointHandler(use_ocdbt=False, use_zarr3=False)
+        with ocp.Checkpointer(handler) as ckptr:
+            ckptr.save(Path(directory).absolute(), self._tree())
+        _scrub_orbax_metadata(Path(directory))
+
+    def restore(self, directory: Path) -> None:
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._tree())
+        handler = ocp.PyTreeCheckpointHandler(use_ocdbt=False, use_zarr3=False)
+        with ocp.Checkpointer(handler) as ckptr:
+            tree = ckptr.restore(Path(directory).absolute(), args=ocp.args.PyTreeRestore(item=target))
+        self.state = TrainState(tree["params"], tree["opt_state"], tree.get("ema"))
+
+    def _tree(self) -> dict:
+        tree = {"params": self.state.params, "opt_state": self.state.opt_state}
+        if self.state.ema is not None:
+            tree["ema"] = self.state.ema
+        return tree
+
+    # --- inference and export --------------------------------------------------------
+    def inference_params(self):
+        return self.state.ema if self.state.ema is not None else self.state.params
+
+    def model(self) -> nnx.Module:
+        return nnx.merge(self.graphdef, self.inference_params(), self.rest)
+
+    def sample(self, observation: Mapping[str, Any], noise: np.ndarray, num_steps: int) -> np.ndarray:
+        actions = self.model().sample_actions(self._make_obs(observation), jnp.asarray(noise), num_steps)
+        return np.asarray(actions)
+
+    def export(self, directory: Path) -> None:
+        """``params.npz``: the (EMA) params flattened to ``a/b/c`` paths, float32."""
+        directory = Path(directory)
+        directory.mkdir(parents=True)
+        leaves = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(self.inference_params()))
+        flat = {"/".join(str(k.key) for k in path): np.asarray(v) for path, v in leaves}
+        with (directory / "params.npz").open("wb") as f:
+            np.savez(f, **dict(sorted(flat.items())))
+
+
+def _scrub_orbax_metadata(directory: Path) -> None:
+    for path in sorted(directory.rglob("_CHECKPOINT_METADATA")):
+        meta = json.loads(path.read_text())
+        meta.update(dict.fromkeys(_TIMESTAMP_KEYS, 0))
+        path.write_text(json.dumps(meta, sort_keys=True))
+    # Names the absolute path it was written to; a renamed checkpoint does not need it.
+    for path in sorted(directory.rglob("commit_success.txt")):
+        path.unlink()
+
+
+def _default_model(config: model_config.Pi0Config, rngs: nnx.Rngs) -> nnx.Module:
+    from balanced_pi0.backends.jax.pi0 import Pi0
+
+    return Pi0(config, rngs=rngs)
+
+
+def _default_observation(obs: Mapping) -> Any:
+    from balanced_pi0.backends.jax.pi0 import Observation
+
+    return Observation(**obs)
+
+
+def make_backend(params: _config.Params, **kwargs) -> JaxBackend:
+    return JaxBackend(params, **kwargs)

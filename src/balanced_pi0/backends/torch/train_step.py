@@ -1,0 +1,200 @@
+"""PyTorch backend of ``balanced_pi0.train``: the optimiser step, EMA, safetensors checkpoints.
+
+Same optimiser as the JAX backend, step for step: global-norm clipping written as
+optax writes it (scale by ``clip / norm`` only when ``norm > clip``; torch's
+``clip_grad_norm_`` adds 1e-6 to the norm), ``torch.optim.AdamW`` (the same update
+as ``optax.adamw``) at ``train.learning_rate(step)``, and an EMA of the params.
+
+A checkpoint is ``tensors.safetensors`` (params, EMA, AdamW moments) plus
+``optimizer.json`` (the per-parameter step counts and hyperparameters).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file, save_file
+
+from balanced_pi0 import config as _config
+from balanced_pi0 import model_config
+from balanced_pi0.loss import LossSpec, action_loss
+from balanced_pi0.train import learning_rate
+
+
+def _to_torch(tree: Any, device: torch.device) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _to_torch(v, device) for k, v in tree.items()}
+    return torch.from_numpy(np.ascontiguousarray(tree)).to(device)
+
+
+def _scalars(tree: Any) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _scalars(v) for k, v in tree.items()}
+    return float(tree)
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(
+        self,
+        params: _config.Params,
+        model_factory: Callable[[model_config.Pi0Config], torch.nn.Module] | None = None,
+        make_observation: Callable[[Mapping], Any] | None = None,
+        device: str = "cpu",
+    ):
+        m = params.model
+        self.model_config = model_config.get_config(
+            m.size,
+            action_horizon=m.action_horizon,
+            action_dim=m.action_dim,
+            max_token_len=m.max_token_len,
+            image_resolution=m.image_resolution,
+            dtype=m.dtype,
+        )
+        self.seed = params.train.seed
+        self.opt = params.train.optimizer
+        self.spec = LossSpec.from_config(params)
+        self.device = torch.device(device)
+        self._factory = model_factory or _default_model
+        self._make_obs = make_observation or _default_observation
+
+    # --- lifecycle -------------------------------------------------------------------
+    def init(self) -> None:
+        torch.manual_seed(self.seed)  # parameter initialisation draws from the global generator
+        self.model = self._factory(self.model_config).to(self.device)
+        self.model.train()
+        opt = self.opt
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=learning_rate(0, opt),
+            betas=(opt.b1, opt.b2),
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            foreach=False,  # one code path on every device, for bit-stable CPU runs
+        )
+        self.ema = None
+        if opt.ema_decay is not None:
+            self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+
+    def train_step(self, batch: Mapping[str, Any], step: int) -> dict[str, Any]:
+        b = _to_torch(batch, self.device)
+        sq_err = self.model.compute_loss(
+            self._make_obs(b["observation"]), b["actions"], b["noise"], b["time"]
+        )
+        loss, info = action_loss(sq_err, b["action_is_pad"], b["actions"], self.spec)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = self._clip_gradients()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(step, self.opt)
+        self.optimizer.step()
+        self._update_ema()
+        return _scalars({"loss": loss.detach(), "grad_norm": grad_norm, **info})
+
+    @torch.no_grad()
+    def _clip_gradients(self) -> torch.Tensor:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.sqrt(sum(torch.sum(g.double() * g.double()) for g in grads)).float()
+        if norm > self.opt.clip_norm:
+            for g in grads:
+                g.mul_(self.opt.clip_norm / norm)
+        return norm
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        d = self.opt.ema_decay
+        for n, p in self.model.named_parameters():
+            self.ema[n].mul_(d).add_(p.detach(), alpha=1.0 - d)
+
+    # --- checkpoints -----------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True)
+        tensors = {f"params/{n}": p.detach() for n, p in self.model.named_parameters()}
+        if self.ema is not None:
+            tensors.update({f"ema/{n}": t for n, t in self.ema.items()})
+        names = {p: n for n, p in self.model.named_parameters()}
+        counts = {}
+        for p, st in self.optimizer.state.items():
+            tensors[f"opt/{names[p]}/exp_avg"] = st["exp_avg"]
+            tensors[f"opt/{names[p]}/exp_avg_sq"] = st["exp_avg_sq"]
+            counts[names[p]] = float(st["step"])
+        save_file(
+            {k: v.contiguous().cpu() for k, v in tensors.items()}, str(directory / "tensors.safetensors")
+        )
+        hyper = {k: v for k, v in self.optimizer.param_groups[0].items() if k != "params"}
+        meta = {"step": dict(sorted(counts.items())), "param_group": _jsonable(hyper)}
+        (directory / "optimizer.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    def restore(self, directory: Path) -> None:
+        directory = Path(directory)
+        tensors = load_file(str(directory / "tensors.safetensors"), device=str(self.device))
+        meta = json.loads((directory / "optimizer.json").read_text())
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                p.copy_(tensors[f"params/{n}"])
+        if self.ema is not None:
+            self.ema = {n: tensors[f"ema/{n}"].clone() for n in self.ema}
+        for n, p in self.model.named_parameters():
+            if n in meta["step"]:
+                self.optimizer.state[p] = {
+                    "step": torch.tensor(meta["step"][n], dtype=torch.float32),
+                    "exp_avg": tensors[f"opt/{n}/exp_avg"].clone(),
+                    "exp_avg_sq": tensors[f"opt/{n}/exp_avg_sq"].clone(),
+                }
+
+    # --- inference and export --------------------------------------------------------
+    def inference_model(self) -> torch.nn.Module:
+        """The model with the EMA params swapped in (a copy; training state is untouched)."""
+        import copy
+
+        model = copy.deepcopy(self.model).eval()
+        if self.ema is not None:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    p.copy_(self.ema[n])
+        return model
+
+    @torch.no_grad()
+    def sample(self, observation: Mapping[str, Any], noise: np.ndarray, num_steps: int) -> np.ndarray:
+        model = self.inference_model()
+        obs = self._make_obs(_to_torch(observation, self.device))
+        actions = model.sample_actions(obs, torch.from_numpy(noise).to(self.device), num_steps)
+        return actions.cpu().numpy()
+
+    def export(self, directory: Path) -> None:
+        """``params.safetensors``: the (EMA) params by their torch names, float32."""
+        directory = Path(directory)
+        directory.mkdir(parents=True)
+        model = self.inference_model()
+        flat = {n: p.detach().cpu().numpy() for n, p in model.named_parameters()}
+        save_numpy(dict(sorted(flat.items())), str(directory / "params.safetensors"))
+
+
+def _jsonable(d: Mapping) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k not in ("params",)}
+
+
+def _default_model(config: model_config.Pi0Config) -> torch.nn.Module:
+    from balanced_pi0.backends.torch.pi0 import Pi0
+
+    return Pi0(config)
+
+
+def _default_observation(obs: Mapping) -> Any:
+    from balanced_pi0.backends.torch.pi0 import Observation
+
+    return Observation(**obs)
+
+
+def make_backend(params: _config.Params, **kwargs) -> TorchBackend:
+    return TorchBackend(params, **kwargs)

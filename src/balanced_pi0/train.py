@@ -1,0 +1,423 @@
+"""``bpi0 train``: one training loop for both backends.
+
+Everything that is not framework code lives here once: the learning-rate
+schedule, the curriculum over episode sets, the flow-matching noise, checkpoint
+policy, logging and failure handling. A backend (``backends/<name>/train_step.py``)
+only owns the model state and one optimiser step (see ``Backend``).
+
+Determinism and exact resume follow from three choices:
+
+- The flow-matching noise and time of step ``s`` are drawn on the host from
+  ``SeedSequence((seed, s))``. The "RNG state" of a run is therefore its seed and
+  step, both backends see the same numbers, and a data-parallel run sees the
+  same global batch as a single device.
+- Each curriculum phase has its own loader, seeded from ``(seed, phase)``, whose
+  position is saved with the checkpoint.
+- A checkpoint is written into a temporary directory and renamed into place, so
+  a killed run leaves either the whole checkpoint or none of it; a rerun resumes
+  from the newest complete one and replays the same steps.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from balanced_pi0 import config as _config
+from balanced_pi0.errors import InputError
+
+CHECKPOINT_PREFIX = "step_"
+STATE_FILE = "train_state.json"
+#: Beta(1.5, 1) flow-matching time, squeezed into [0.001, 1] (openpi).
+TIME_ALPHA, TIME_BETA, TIME_MIN = 1.5, 1.0, 0.001
+
+
+class NonFiniteLossError(InputError):
+    """The loss became NaN or inf; the message names the step and the batch's episodes."""
+
+
+# --------------------------------------------------------------------------------------
+# Backend protocol
+# --------------------------------------------------------------------------------------
+class Backend(Protocol):
+    """What a framework provides. Batches are numpy dicts from ``PolicyIO.model_batch`` plus
+    ``noise`` f32[B, H, action_dim] and ``time`` f32[B]."""
+
+    name: str
+
+    def init(self) -> None:
+        """Fresh model, optimiser and EMA from the params seed."""
+
+    def train_step(self, batch: Mapping[str, Any], step: int) -> dict[str, Any]:
+        """One optimiser step at learning rate ``learning_rate(step)``; returns scalars:
+        ``loss``, ``grad_norm``, ``pad_fraction``, ``group_loss`` and ``effective_group_weights`` dicts."""
+
+    def save(self, directory: Path) -> None:
+        """Write params, optimiser state and EMA into ``directory`` (which does not exist yet)."""
+
+    def restore(self, directory: Path) -> None:
+        """Load what ``save`` wrote (called after ``init``)."""
+
+    def sample(self, observation: Mapping[str, Any], noise: np.ndarray, num_steps: int) -> np.ndarray:
+        """Actions [B, H, action_dim] from the (EMA) params by Euler integration from ``noise``."""
+
+    def export(self, directory: Path) -> None:
+        """The final (EMA) params in a backend-neutral form, for evaluation."""
+
+
+def make_backend(params: _config.Params, **kwargs) -> Backend:
+    module = importlib.import_module(f"balanced_pi0.backends.{params.train.backend}.train_step")
+    return module.make_backend(params, **kwargs)
+
+
+# --------------------------------------------------------------------------------------
+# Learning-rate schedule (both backends evaluate this one function)
+# --------------------------------------------------------------------------------------
+def learning_rate(step: int, opt: _config.OptimizerConfig) -> float:
+    """openpi's ``CosineDecaySchedule``: ``optax.warmup_cosine_decay_schedule`` from
+    ``peak/(warmup+1)`` up to ``peak`` over ``warmup_steps``, then cosine down to ``decay_lr``
+    at ``decay_steps`` and flat after. ``step`` counts updates already applied."""
+    init = opt.peak_lr / (opt.warmup_steps + 1)
+    if step < opt.warmup_steps:
+        return init + (opt.peak_lr - init) * step / opt.warmup_steps
+    span = opt.decay_steps - opt.warmup_steps
+    progress = min(step - opt.warmup_steps, span) / span
+    return opt.decay_lr + (opt.peak_lr - opt.decay_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def flow_noise(
+    seed: int, step: int, batch_size: int, horizon: int, action_dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noise ε ~ N(0, I) [B, H, D] and time t ~ Beta(1.5, 1)·0.999 + 0.001 [B] for step ``step``."""
+    rng = np.random.default_rng(np.random.SeedSequence((seed, step)))
+    noise = rng.standard_normal((batch_size, horizon, action_dim), dtype=np.float32)
+    t = rng.beta(TIME_ALPHA, TIME_BETA, size=batch_size) * (1.0 - TIME_MIN) + TIME_MIN
+    return noise, t.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# Curriculum
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Phase:
+    index: int
+    start: int  # first global step
+    stop: int  # exclusive
+    source: str  # "train" or "arm_heavy"
+    episodes: np.ndarray  # sorted episode ids
+
+
+def load_episode_sets(split_path: str | Path, arm_heavy_path: str | Path | None) -> dict[str, np.ndarray]:
+    """``train`` from split.json; ``arm_heavy`` = arm_heavy.json ∩ train (validation never leaks in)."""
+    split_path = Path(split_path)
+    split = _read_json(split_path)
+    if "train" not in split:
+        raise InputError(f"{split_path}: no 'train' key")
+    sets = {"train": np.asarray(sorted(split["train"]), dtype=np.int64)}
+    if arm_heavy_path is not None and Path(arm_heavy_path).exists():
+        raw = _read_json(Path(arm_heavy_path))
+        ids = raw.get("episodes") if isinstance(raw, dict) else raw
+        if ids is None:
+            raise InputError(f"{arm_heavy_path}: no 'episodes' key")
+        sets["arm_heavy"] = np.intersect1d(np.asarray(ids, dtype=np.int64), sets["train"])
+    return sets
+
+
+def build_curriculum(
+    phases: Sequence[_config.PhaseConfig], episode_sets: Mapping[str, np.ndarray]
+) -> list[Phase]:
+    out, start = [], 0
+    for i, p in enumerate(phases):
+        if p.episodes not in episode_sets:
+            raise InputError(
+                f"train.curriculum[{i}].episodes: {p.episodes!r} needs arm_heavy.json (run `bpi0 filter`)"
+            )
+        ids = episode_sets[p.episodes]
+        if len(ids) == 0:
+            raise InputError(
+                f"train.curriculum[{i}].episodes: the {p.episodes!r} set has no training episode"
+            )
+        out.append(Phase(i, start, start + p.steps, p.episodes, ids))
+        start += p.steps
+    return out
+
+
+def phase_at(curriculum: Sequence[Phase], step: int) -> Phase:
+    for p in curriculum:
+        if p.start <= step < p.stop:
+            return p
+    raise IndexError(f"step {step} is past the curriculum's {curriculum[-1].stop} steps")
+
+
+class Loader(Protocol):
+    def __iter__(self) -> Iterator[dict]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+LoaderFactory = Callable[[np.ndarray, int], Loader]
+
+
+class CurriculumBatches:
+    """One resumable loader per phase (seeded ``(seed, phase)``); ``batch(step)`` reads the step's phase."""
+
+    def __init__(self, curriculum: Sequence[Phase], make_loader: LoaderFactory, seed: int):
+        self.curriculum = list(curriculum)
+        self._make, self._seed = make_loader, seed
+        self._loaders: dict[int, Loader] = {}
+        self._iters: dict[int, Iterator[dict]] = {}
+
+    def _loader(self, phase: Phase) -> Loader:
+        if phase.index not in self._loaders:
+            seed = int(np.random.SeedSequence((self._seed, phase.index)).generate_state(1)[0])
+            self._loaders[phase.index] = self._make(phase.episodes, seed)
+        return self._loaders[phase.index]
+
+    def batch(self, step: int) -> tuple[Phase, dict]:
+        phase = phase_at(self.curriculum, step)
+        loader = self._loader(phase)
+        if phase.index not in self._iters:
+            self._iters[phase.index] = iter(loader)
+        return phase, next(self._iters[phase.index])
+
+    def state_dict(self) -> dict:
+        return {str(i): ld.state_dict() for i, ld in sorted(self._loaders.items())}
+
+    def load_state_dict(self, state: Mapping[str, dict]) -> None:
+        for key, st in state.items():
+            self._loader(self.curriculum[int(key)]).load_state_dict(st)
+            self._iters.pop(int(key), None)
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints: atomic directories ``step_00000100``
+# --------------------------------------------------------------------------------------
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first (temporary directories are not listed)."""
+    if not root.exists():
+        return []
+    out = []
+    for p in root.iterdir():
+        suffix = p.name.removeprefix(CHECKPOINT_PREFIX)
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit():
+            out.append((int(suffix), p))
+    return sorted(out)
+
+
+def write_checkpoint(
+    root: Path, step: int, backend: Backend, train_state: Mapping[str, Any], keep: int
+) -> Path:
+    """Save into ``root/.tmp-step_N`` then rename: a killed write leaves no checkpoint, not half of one."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    backend.save(tmp / "model")
+    _write_json(tmp / STATE_FILE, train_state)
+    _fsync_tree(tmp)
+    if final.exists():  # a rerun of the same step writes the same bytes; replace it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for _, old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def remove_partial_checkpoints(root: Path) -> None:
+    if root.exists():
+        for p in root.glob(".tmp-*"):
+            shutil.rmtree(p)
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with p.open("rb") as f:
+                os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------------------
+# Logging
+# --------------------------------------------------------------------------------------
+def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """``{"group_loss": {"base": x}}`` → ``{"group_loss/base": x}``, as Python floats."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, Mapping):
+            out.update({f"{k}/{g}": float(x) for g, x in v.items()})
+        else:
+            out[k] = float(v)
+    return out
+
+
+class Logger:
+    """dvclive metrics (no timestamps: outputs must not depend on the clock) and a tqdm bar."""
+
+    def __init__(self, live_dir: Path, start: int, total: int, enabled: bool = True):
+        from dvclive import Live
+        from tqdm import tqdm
+
+        if start > 0:
+            _truncate_live(live_dir, start)
+        self.live = Live(str(live_dir), resume=start > 0, save_dvc_exp=False, dvcyaml=None, report=None)
+        self.live.step = start
+        self.bar = tqdm(total=total, initial=start, desc="train", disable=not enabled, dynamic_ncols=True)
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.live.step = step
+        for k, v in metrics.items():
+            self.live.log_metric(k, v, timestamp=False)
+        self.live.next_step()
+
+    def tick(self, loss: float) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.live.end()
+
+
+def _truncate_live(live_dir: Path, start: int) -> None:
+    """Drop rows a killed run logged after its last checkpoint; the resumed run logs them again."""
+    for tsv in sorted((live_dir / "plots" / "metrics").rglob("*.tsv")):
+        lines = tsv.read_text().splitlines()
+        if not lines:
+            continue
+        col = lines[0].split("\t").index("step")
+        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) < start]
+        tsv.write_text("\n".join(kept) + "\n")
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def live(self) -> Path:
+        return self.root / "live"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final"
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / "metadata.json"
+
+
+def run_loop(
+    params: _config.Params,
+    backend: Backend,
+    batches: CurriculumBatches,
+    to_model_batch: Callable[[dict], dict],
+    run_dir: Path,
+    *,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> int:
+    """Train from the newest checkpoint in ``run_dir`` (or from scratch) to the end of the
+    curriculum, or to step ``stop_after`` (to simulate a kill). Returns the last step reached."""
+    tc = params.train
+    paths = RunPaths(Path(run_dir))
+    total = tc.total_steps
+    remove_partial_checkpoints(paths.checkpoints)
+    backend.init()
+    start = _resume(paths.checkpoints, backend, batches)
+    end = total if stop_after is None else min(stop_after, total)
+    logger = Logger(paths.live, start, total, enabled=progress)
+    try:
+        for step in range(start, end):
+            metrics = _one_step(params, backend, batches, to_model_batch, step)
+            logger.tick(metrics["loss"])
+            if step % tc.log_every == 0 or step == total - 1:
+                logger.log(step, metrics)
+            done = step + 1
+            if done % tc.checkpoint_every == 0 or done == total:
+                state = {"step": done, "seed": tc.seed, "loader": batches.state_dict()}
+                write_checkpoint(paths.checkpoints, done, backend, state, tc.keep_checkpoints)
+    finally:
+        logger.close()
+    if end == total:
+        _write_final(paths.final, backend)
+    return end
+
+
+def _resume(root: Path, backend: Backend, batches: CurriculumBatches) -> int:
+    checkpoints = list_checkpoints(root)
+    if not checkpoints:
+        return 0
+    _, path = checkpoints[-1]
+    state = _read_json(path / STATE_FILE)
+    backend.restore(path / "model")
+    batches.load_state_dict(state["loader"])
+    return int(state["step"])
+
+
+def _one_step(params, backend, batches, to_model_batch, step: int) -> dict[str, float]:
+    tic = time.perf_counter()
+    phase, raw = batches.batch(step)
+    batch = dict(to_model_batch(raw))
+    batch_size, horizon, action_dim = batch["actions"].shape
+    batch["noise"], batch["time"] = flow_noise(params.train.seed, step, batch_size, horizon, action_dim)
+    metrics = flat_metrics(backend.train_step(batch, step))
+    if not math.isfinite(metrics["loss"]):
+        episodes = sorted({int(e) for e in np.asarray(raw["episode_index"]).ravel()})
+        raise NonFiniteLossError(
+            f"step {step}: non-finite loss {metrics['loss']} on a batch from episodes {episodes} "
+            f"(phase {phase.index}, {phase.source}); the last good checkpoint is kept"
+        )
+    metrics["lr"] = learning_rate(step, params.train.optimizer)
+    metrics["phase"] = float(phase.index)
+    metrics["samples_per_s"] = batch_size / (time.perf_counter() - tic)
+    return metrics
+
+
+def _write_final(final: Path, backend: Backend) -> None:
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    backend.export(tmp)
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+# --------------------------------------------------------------------------------------
+# JSON helpers (sorted keys: same content, same bytes)
+# --------------------------------------------------------------------------------------
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON: {e}") from None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

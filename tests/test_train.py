@@ -1,0 +1,376 @@
+"""The training loop: schedule, curriculum, exact resume, determinism, failure handling.
+
+The loop is tested in both backends with a small flow-matching model (a linear
+velocity field on the state and the noisy chunk) and a generated in-memory
+dataset, so each test runs in seconds; what is under test is the loop, the
+optimiser, the checkpoints and the data flow, not the architecture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from balanced_pi0 import config as _config
+from balanced_pi0 import train
+from balanced_pi0.policy_io import NormStats, PolicyIO
+
+HORIZON, REAL_DIM, RES = 4, 23, 16
+BACKENDS = ("jax", "torch")
+
+
+# --------------------------------------------------------------------------------------
+# A small generated dataset and a resumable loader over it
+# --------------------------------------------------------------------------------------
+def make_episodes(num: int = 8, length: int = 12, seed: int = 0) -> dict[int, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for ep in range(num):
+        t = np.arange(length, dtype=np.float32)[:, None]
+        phase = rng.uniform(0, 2 * np.pi, REAL_DIM).astype(np.float32)
+        actions = np.sin(0.3 * t + phase) + 0.1 * ep
+        out[ep] = {"state": actions + 0.05, "actions": actions.astype(np.float32)}
+    return out
+
+
+class ToyLoader:
+    """Random (episode, frame) chunks with LeRobot's end-of-episode padding; resumable by cursor."""
+
+    def __init__(
+        self, episodes: dict, ids: np.ndarray, seed: int, batch_size: int = 3, nan_at: int | None = None
+    ):
+        self.episodes, self.ids, self.seed, self.batch_size = episodes, np.asarray(ids), seed, batch_size
+        self.cursor, self.nan_at = 0, nan_at
+
+    def __iter__(self):
+        while True:  # advance before yielding: state_dict() must count the batch handed out
+            self.cursor += 1
+            yield self._batch(self.cursor - 1)
+
+    def _batch(self, cursor: int) -> dict:
+        rng = np.random.default_rng(np.random.SeedSequence((self.seed, cursor)))
+        eps = rng.choice(self.ids, size=self.batch_size)
+        states, chunks, pads, frames = [], [], [], []
+        for ep in eps:
+            data = self.episodes[int(ep)]
+            length = len(data["actions"])
+            f = int(rng.integers(length))
+            idx = np.arange(f, f + HORIZON)
+            pads.append(idx >= length)
+            chunks.append(data["actions"][np.minimum(idx, length - 1)])
+            states.append(data["state"][f])
+            frames.append(f)
+        actions = np.stack(chunks)
+        if self.nan_at is not None and cursor == self.nan_at:
+            actions[0, 0, 0] = np.nan
+        return {
+            "images": {"head": rng.integers(0, 256, (self.batch_size, RES, RES, 3), dtype=np.uint8)},
+            "state": np.stack(states),
+            "actions": actions,
+            "action_is_pad": np.stack(pads),
+            "prompt": ["reach"] * self.batch_size,
+            "episode_index": eps.astype(np.int64),
+            "frame_index": np.asarray(frames, dtype=np.int64),
+        }
+
+    def state_dict(self) -> dict:
+        return {"cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursor = int(state["cursor"])
+
+
+def policy_io(episodes: dict) -> PolicyIO:
+    def stats(x):
+        return NormStats(x.mean(0), x.std(0), x.min(0), x.max(0))
+
+    all_states = np.concatenate([e["state"] for e in episodes.values()])
+    all_actions = np.concatenate([e["actions"] for e in episodes.values()])
+
+    def tokenize(prompt: str):
+        tokens = np.zeros(8, np.int32)
+        raw = np.frombuffer(prompt.encode()[:8], np.uint8)
+        tokens[: len(raw)] = raw
+        return tokens, tokens > 0
+
+    return PolicyIO(
+        norm_stats={"state": stats(all_states), "actions": stats(all_actions)},
+        min_std=1e-2,
+        action_dim=32,
+        image_resolution=RES,
+        camera_map={"head": "base_0_rgb"},
+        model_cameras=("base_0_rgb", "left_wrist_0_rgb"),
+        tokenize=tokenize,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# A linear velocity field, one per backend
+# --------------------------------------------------------------------------------------
+def jax_model(config, rngs):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    class LinearFlow(nnx.Module):
+        def __init__(self):
+            d, h = config.action_dim, config.action_horizon
+            self.h, self.d = h, d
+            self.net = nnx.Linear(h * d + d + 1, h * d, rngs=rngs)
+
+        def velocity(self, obs, x_t, t):
+            b = x_t.shape[0]
+            z = jnp.concatenate([x_t.reshape(b, -1), obs["state"], t[:, None]], axis=-1)
+            return self.net(z).reshape(b, self.h, self.d)
+
+        def compute_loss(self, obs, actions, noise, time):
+            t = time[:, None, None]
+            x_t = t * noise + (1 - t) * actions
+            return (self.velocity(obs, x_t, time) - (noise - actions)) ** 2
+
+        def sample_actions(self, obs, noise, num_steps):
+            x, dt = noise, 1.0 / num_steps
+            for i in range(num_steps):
+                t = jnp.full((x.shape[0],), 1.0 - i * dt)
+                x = x - dt * self.velocity(obs, x, t)
+            return x
+
+    return LinearFlow()
+
+
+def torch_model(config):
+    import torch
+
+    class LinearFlow(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            d, h = config.action_dim, config.action_horizon
+            self.h, self.d = h, d
+            self.net = torch.nn.Linear(h * d + d + 1, h * d)
+
+        def velocity(self, obs, x_t, t):
+            b = x_t.shape[0]
+            z = torch.cat([x_t.reshape(b, -1), obs["state"], t[:, None]], dim=-1)
+            return self.net(z).reshape(b, self.h, self.d)
+
+        def compute_loss(self, obs, actions, noise, time):
+            t = time[:, None, None]
+            x_t = t * noise + (1 - t) * actions
+            return (self.velocity(obs, x_t, time) - (noise - actions)) ** 2
+
+        def sample_actions(self, obs, noise, num_steps):
+            x, dt = noise, 1.0 / num_steps
+            for i in range(num_steps):
+                t = torch.full((x.shape[0],), 1.0 - i * dt)
+                x = x - dt * self.velocity(obs, x, t)
+            return x
+
+    return LinearFlow()
+
+
+def make_params(backend: str, curriculum=None, **train_overrides) -> _config.Params:
+    data = {
+        "model": {"size": "tiny", "action_horizon": HORIZON, "image_resolution": RES, "max_token_len": 8},
+        "train": {
+            "backend": backend,
+            "batch_size": 3,
+            "curriculum": curriculum or [{"steps": 6, "episodes": "train"}],
+            "checkpoint_every": 2,
+            "log_every": 1,
+            "optimizer": {"warmup_steps": 2, "decay_steps": 20, "peak_lr": 1e-2, "decay_lr": 1e-3},
+            **train_overrides,
+        },
+    }
+    return _config.from_dict(data)
+
+
+def make_backend(params):
+    if params.train.backend == "jax":
+        return train.make_backend(params, model_factory=jax_model, make_observation=dict)
+    return train.make_backend(params, model_factory=torch_model, make_observation=dict)
+
+
+def run(params, run_dir: Path, stop_after=None, nan_at=None, episode_sets=None, loaders=None) -> int:
+    episodes = make_episodes()
+    sets = episode_sets or {"train": np.arange(6), "arm_heavy": np.array([1, 4])}
+    curriculum = train.build_curriculum(params.train.curriculum, sets)
+
+    def make_loader(ids, seed):
+        loader = ToyLoader(episodes, ids, seed, params.train.batch_size, nan_at=nan_at)
+        if loaders is not None:
+            loaders.append(loader)
+        return loader
+
+    batches = train.CurriculumBatches(curriculum, make_loader, params.train.seed)
+    return train.run_loop(
+        params,
+        make_backend(params),
+        batches,
+        policy_io(episodes).model_batch,
+        run_dir,
+        stop_after=stop_after,
+        progress=False,
+    )
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Schedule and noise
+# --------------------------------------------------------------------------------------
+def test_learning_rate_is_optax_warmup_cosine():
+    from balanced_pi0.backends.jax.train_step import make_schedule
+
+    opt = _config.OptimizerConfig(peak_lr=1e-3, decay_lr=1e-5, warmup_steps=7, decay_steps=40)
+    schedule = make_schedule(opt)
+    ours = np.array([train.learning_rate(s, opt) for s in range(50)])
+    theirs = np.array([float(schedule(s)) for s in range(50)])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)  # optax evaluates in float32
+    assert (
+        ours[0] == pytest.approx(1e-3 / 8)
+        and ours[7] == pytest.approx(1e-3)
+        and ours[-1] == pytest.approx(1e-5)
+    )
+
+
+def test_decay_must_outlast_warmup():
+    with pytest.raises(_config.ConfigError, match="decay_steps"):
+        make_params("jax", optimizer={"warmup_steps": 20, "decay_steps": 20})
+
+
+def test_flow_noise_depends_on_seed_and_step_only():
+    a = train.flow_noise(0, 5, 4, 3, 2)
+    np.testing.assert_array_equal(a[0], train.flow_noise(0, 5, 4, 3, 2)[0])
+    assert not np.array_equal(a[0], train.flow_noise(0, 6, 4, 3, 2)[0])
+    assert not np.array_equal(a[0], train.flow_noise(1, 5, 4, 3, 2)[0])
+    t = train.flow_noise(0, 0, 10_000, 1, 1)[1]
+    assert t.min() >= train.TIME_MIN and t.max() <= 1.0
+    # Beta(1.5, 1) has mean 0.6; squeezed into [0.001, 1]
+    assert t.mean() == pytest.approx(0.6 * 0.999 + 0.001, abs=0.01)
+
+
+# --------------------------------------------------------------------------------------
+# Curriculum
+# --------------------------------------------------------------------------------------
+def test_arm_heavy_set_never_includes_validation(tmp_path):
+    (tmp_path / "split.json").write_text('{"train": [0, 1, 2, 5], "val": [3, 4]}')
+    (tmp_path / "arm_heavy.json").write_text('{"episodes": [1, 3, 5]}')
+    sets = train.load_episode_sets(tmp_path / "split.json", tmp_path / "arm_heavy.json")
+    np.testing.assert_array_equal(sets["arm_heavy"], [1, 5])
+    np.testing.assert_array_equal(sets["train"], [0, 1, 2, 5])
+
+
+def test_curriculum_phase_without_its_file_names_the_phase():
+    phases = [_config.PhaseConfig(steps=2, episodes="arm_heavy")]
+    with pytest.raises(train.InputError, match=r"curriculum\[0\].*arm_heavy"):
+        train.build_curriculum(phases, {"train": np.arange(3)})
+
+
+def test_curriculum_switches_episode_sets_at_the_boundary(tmp_path):
+    params = make_params(
+        "jax", curriculum=[{"steps": 3, "episodes": "arm_heavy"}, {"steps": 4, "episodes": "train"}]
+    )
+    seen = {}
+    episodes = make_episodes()
+    sets = {"train": np.arange(6), "arm_heavy": np.array([1, 4])}
+    curriculum = train.build_curriculum(params.train.curriculum, sets)
+    batches = train.CurriculumBatches(
+        curriculum, lambda ids, seed: ToyLoader(episodes, ids, seed, batch_size=8), params.train.seed
+    )
+    for step in range(7):
+        phase, batch = batches.batch(step)
+        seen[step] = (phase.index, set(batch["episode_index"].tolist()))
+    assert all(seen[s][0] == 0 and seen[s][1] <= {1, 4} for s in range(3))
+    assert all(seen[s][0] == 1 for s in range(3, 7))
+    assert set().union(*(seen[s][1] for s in range(3, 7))) - {1, 4}, (
+        "phase 2 must draw beyond the arm-heavy set"
+    )
+    with pytest.raises(IndexError):
+        batches.batch(7)
+
+
+# --------------------------------------------------------------------------------------
+# Backends: learning, determinism, resume, failure
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loss_falls_on_a_fixed_batch(backend):
+    params = make_params(backend, optimizer={"warmup_steps": 0, "decay_steps": 40, "peak_lr": 3e-3})
+    episodes = make_episodes()
+    batch = policy_io(episodes).model_batch(ToyLoader(episodes, np.arange(6), 0)._batch(0))
+    batch["noise"], batch["time"] = train.flow_noise(0, 0, 3, HORIZON, 32)
+    b = make_backend(params)
+    b.init()
+    losses = [b.train_step(batch, s)["loss"] for s in range(30)]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_params_give_identical_checkpoint_bytes(backend, tmp_path):
+    params = make_params(backend)
+    assert run(params, tmp_path / "a") == 6
+    assert run(params, tmp_path / "b") == 6
+    a, b = tree_digest(tmp_path / "a" / "checkpoints"), tree_digest(tmp_path / "b" / "checkpoints")
+    assert a == b and len(a) > 0
+    assert tree_digest(tmp_path / "a" / "final") == tree_digest(tmp_path / "b" / "final")
+    # keep_checkpoints=2 of the 3 written
+    assert [s for s, _ in train.list_checkpoints(tmp_path / "a" / "checkpoints")] == [4, 6]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(backend, tmp_path):
+    curriculum = [{"steps": 3, "episodes": "arm_heavy"}, {"steps": 4, "episodes": "train"}]
+    params = make_params(backend, curriculum=curriculum)
+    run(params, tmp_path / "full")
+    # killed after step 5 (index 4): the newest checkpoint is step 4, one step is replayed
+    assert run(params, tmp_path / "resumed", stop_after=5) == 5
+    assert not (tmp_path / "resumed" / "final").exists()
+    assert run(params, tmp_path / "resumed") == 7
+    assert tree_digest(tmp_path / "full" / "final") == tree_digest(tmp_path / "resumed" / "final")
+    assert tree_digest(tmp_path / "full" / "checkpoints") == tree_digest(tmp_path / "resumed" / "checkpoints")
+    # the metrics of the replayed step are logged once
+    loss_tsv = (tmp_path / "resumed" / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()
+    assert [int(r.split("\t")[0]) for r in loss_tsv[1:]] == list(range(7))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_loss_names_step_and_episodes_and_keeps_last_checkpoint(backend, tmp_path):
+    params = make_params(backend)
+    with pytest.raises(train.NonFiniteLossError, match=r"step 3: non-finite loss .* episodes \["):
+        run(params, tmp_path, nan_at=3)
+    ckpts = tmp_path / "checkpoints"
+    assert [s for s, _ in train.list_checkpoints(ckpts)] == [2]
+    assert not list(ckpts.glob(".tmp-*")) and not (tmp_path / "final").exists()
+
+
+def test_interrupted_checkpoint_write_leaves_no_checkpoint(tmp_path):
+    class Failing:
+        def save(self, directory):
+            Path(directory).mkdir()
+            (Path(directory) / "half").write_text("x")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.write_checkpoint(tmp_path, 4, Failing(), {"step": 4}, keep=2)
+    assert train.list_checkpoints(tmp_path) == []
+    train.remove_partial_checkpoints(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sample_returns_a_chunk_from_the_trained_params(backend, tmp_path):
+    params = make_params(backend)
+    b = make_backend(params)
+    b.init()
+    episodes = make_episodes()
+    obs = policy_io(episodes).observation(ToyLoader(episodes, np.arange(6), 0)._batch(0))
+    noise = train.flow_noise(0, 0, 3, HORIZON, 32)[0]
+    actions = b.sample(obs, noise, num_steps=5)
+    assert actions.shape == (3, HORIZON, 32) and np.all(np.isfinite(actions))
