@@ -41,6 +41,37 @@ STAGES: tuple[Stage, ...] = (
         "print the action-group layout and the effective loss weights the params define",
         "balanced_pi0.cli:show_layout",
     ),
+    Stage(
+        "analyze",
+        "action magnitudes per group on the training episodes: metrics.json, plots, suggested weights",
+        "balanced_pi0.prep.analyze:run",
+        (
+            Opt("--dataset", "data/dataset", "LeRobot v3.0 dataset root"),
+            Opt("--split", "data/split.json", "train/val split"),
+            Opt("--out", "results/analyze", "output folder"),
+        ),
+    ),
+    Stage(
+        "normstats",
+        "exact norm statistics of the training episodes, one openpi norm_stats file per variant",
+        "balanced_pi0.prep.normstats:run",
+        (
+            Opt("--dataset", "data/dataset", "LeRobot v3.0 dataset root"),
+            Opt("--split", "data/split.json", "train/val split"),
+            Opt("--out", "data/norm_stats", "output folder (<variant>.json)"),
+        ),
+    ),
+    Stage(
+        "filter",
+        "score whole training episodes by arm vs base motion and list the arm-heavy ones",
+        "balanced_pi0.prep.filter:run",
+        (
+            Opt("--dataset", "data/dataset", "LeRobot v3.0 dataset root"),
+            Opt("--split", "data/split.json", "train/val split"),
+            Opt("--out", "data/arm_heavy.json", "arm-heavy episode list and scores"),
+            Opt("--report", "results/filter", "report folder (report.md, histograms.png)"),
+        ),
+    ),
 )
 
 

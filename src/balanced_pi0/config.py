@@ -101,7 +101,10 @@ class DatasetConfig:
 # --------------------------------------------------------------------------------------
 @section
 class AnalyzeConfig:
+    #: histogram bins of the plots and of the histograms in metrics.json
     bins: int = Field(50, gt=1)
+    #: suggested group weights are clipped to [1/max_weight, max_weight] before renormalising
+    max_weight: float = Field(5.0, ge=1.0)
 
 
 NormVariant = Literal["standard", "balanced", "per_timestep"]
@@ -110,8 +113,8 @@ NormVariant = Literal["standard", "balanced", "per_timestep"]
 @section
 class NormStatsConfig:
     variants: list[NormVariant] = Field(default_factory=lambda: ["standard", "balanced", "per_timestep"])
-    #: histogram bins per dimension for streaming quantiles
-    bins: int = Field(100_000, gt=10)
+    #: histogram bins per dimension for streaming quantiles: error <= (max - min) / bins
+    bins: int = Field(100_000, ge=10_000)
     #: scale floor for near-constant dimensions (openpi issue #814)
     min_std: float = Field(1e-2, gt=0.0)
 
@@ -122,6 +125,10 @@ class FilterConfig:
     ratio_threshold: float = Field(1.0, gt=0.0)
     #: ... and arm_motion >= min_arm_motion (radians of summed joint path)
     min_arm_motion: float = Field(0.5, ge=0.0)
+    #: base travel (m) below which the ratio's denominator is floored, so a still base stays finite
+    min_base_motion: float = Field(0.05, gt=0.0)
+    #: histogram bins of the report's plot
+    bins: int = Field(30, gt=1)
 
 
 # --------------------------------------------------------------------------------------

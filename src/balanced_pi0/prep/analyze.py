@@ -1,0 +1,179 @@
+"""``bpi0 analyze``: how large each action group's values, per-step changes and motion are.
+
+On the training episodes, per group of the layout, in raw units and in normalised
+units (each dimension divided by its training std, floored at ``normstats.min_std``
+as in the norm stats; values are also centred on the mean):
+
+- ``values``: every action value of the group;
+- ``step_change``: ``‖a[t+1,g] − a[t,g]‖`` over the steps inside episodes;
+- ``motion``: per episode, joint-space path length (base: distance travelled, see
+  ``prep.motion``); the base's rotation is reported beside it.
+
+Writes ``metrics.json`` (DVC metrics), ``histograms_raw.png``,
+``histograms_normalised.png`` and ``motion_scatter.png`` (per-episode arm motion
+against base travel), and suggests group weights by the rule in ``WEIGHT_RULE``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from balanced_pi0.groups import ARM_GROUPS, BASE_GROUPS, GroupLayout
+from balanced_pi0.prep import io
+from balanced_pi0.prep.motion import EpisodeMotion, check_motion_layout, dataset_motion, step_changes
+
+WEIGHT_RULE = (
+    "m_g = mean over training steps of ||Δa_g|| / sqrt(|g|) in normalised units (per-dimension RMS "
+    "step change); w_g = clip(median_g(m) / m_g, 1/max_weight, max_weight) (m_g = 0 gives max_weight); "
+    "then renormalised to mean 1 over the real action dimensions, as the loss does. Groups that move "
+    "little per step get larger weights, so every group's typical per-step change contributes alike."
+)
+UNITS = ("raw", "normalised")
+
+
+def summary(x: np.ndarray, bins: int) -> dict:
+    """Moments, quantiles and a histogram of a 1-D sample."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    if x.size == 0:
+        return {"count": 0}
+    counts, edges = np.histogram(x, bins=bins)
+    q = np.quantile(x, [0.01, 0.5, 0.99])
+    return {
+        "count": int(x.size),
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+        "mean_abs": float(np.abs(x).mean()),
+        "min": float(x.min()),
+        "q01": float(q[0]),
+        "median": float(q[1]),
+        "q99": float(q[2]),
+        "max": float(x.max()),
+        "histogram": {"edges": io.finite_floats(edges), "counts": [int(c) for c in counts]},
+    }
+
+
+def _episode_changes(data, action: np.ndarray, start: int, stop: int) -> np.ndarray:
+    spans = zip(data.ep_start, data.ep_stop, strict=True)
+    return np.concatenate([step_changes(action[s:e], start, stop) for s, e in spans])
+
+
+def _motion_of(motions: list[EpisodeMotion], group: str) -> np.ndarray:
+    if group in BASE_GROUPS:
+        return np.array([m.base_distance for m in motions])
+    return np.array([m.path_length[group] for m in motions])
+
+
+def suggested_weights(step_rms: dict[str, float], layout: GroupLayout, max_weight: float) -> dict[str, float]:
+    """Group weights by ``WEIGHT_RULE`` from each group's per-dimension RMS step change."""
+    target = float(np.median(list(step_rms.values())))
+    raw = {
+        g: float(np.clip(target / m, 1 / max_weight, max_weight)) if m > 0 else max_weight
+        for g, m in step_rms.items()
+    }
+    mean_per_dim = sum(raw[g.name] * g.size for g in layout.groups) / layout.real_action_dim
+    return {g: w / mean_per_dim for g, w in raw.items()}
+
+
+def analyze(
+    data, layout: GroupLayout, *, bins: int, max_weight: float, min_std: float, min_base_motion: float
+):
+    """Metrics document and per-episode motions (raw, normalised) of a training ``LowDim``."""
+    check_motion_layout(layout, data.action.shape[1])
+    action = np.asarray(data.action, dtype=np.float64)
+    mean, scale = action.mean(axis=0), np.maximum(action.std(axis=0), min_std)
+    units = {"raw": action, "normalised": (action - mean) / scale}
+    motions = {
+        "raw": dataset_motion(data, layout, action),
+        "normalised": dataset_motion(data, layout, action / scale),
+    }
+    groups, step_rms = {}, {}
+    for g in tqdm(layout.groups, desc="analyze groups", disable=None, leave=False):
+        entry = {}
+        for u in UNITS:
+            changes = _episode_changes(data, units[u], g.start, g.stop)
+            entry[u] = {
+                "values": summary(units[u][:, g.start : g.stop], bins),
+                "step_change": summary(changes, bins),
+                "motion": summary(_motion_of(motions[u], g.name), bins),
+            }
+            if u == "normalised":
+                step_rms[g.name] = float(changes.mean() / np.sqrt(g.size)) if changes.size else 0.0
+        groups[g.name] = entry
+    weights = suggested_weights(step_rms, layout, max_weight)
+    raw = motions["raw"]
+    ratio = np.array([m.arm_base_ratio(min_base_motion) for m in raw])
+    metrics = {
+        "episodes": len(data.episodes),
+        "frames": len(action),
+        "fps": float(data.fps),
+        "layout": layout.to_dict(),
+        "units": {
+            "raw": "dataset units (joint positions in rad, base velocities in m/s and rad/s)",
+            "normalised": "each dimension minus its training mean (values only) and divided by its "
+            "training std floored at normstats.min_std",
+            "motion": "joint groups: summed path length Σ‖Δa_g‖; base: distance Σ‖(vx,vy)‖·dt",
+        },
+        "groups": groups,
+        "episode_motion": {
+            "arm_motion": summary([m.arm_motion for m in raw], bins),
+            "base_distance": summary([m.base_distance for m in raw], bins),
+            "base_yaw": summary([m.base_yaw for m in raw], bins),
+            "arm_base_ratio": summary(ratio, bins),
+            "arm_base_ratio_min_base_motion": min_base_motion,
+        },
+        "suggested_group_weights": {"rule": WEIGHT_RULE, "step_change_rms": step_rms, "weights": weights},
+    }
+    return metrics, motions
+
+
+# --------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------
+def histogram_figure(groups: dict, unit: str):
+    names = list(groups)
+    fig = io.new_figure(10.0, 1.8 * len(names))
+    axes = fig.subplots(len(names), 3, squeeze=False)
+    titles = {"values": "action value", "step_change": "‖a[t+1]−a[t]‖", "motion": "motion per episode"}
+    for row, name in enumerate(names):
+        for col, key in enumerate(titles):
+            ax, s = axes[row, col], groups[name][unit][key]
+            if s["count"]:
+                h = s["histogram"]
+                ax.stairs(h["counts"], h["edges"], fill=True)
+            ax.set_title(f"{name}: {titles[key]}", fontsize=8)
+            ax.tick_params(labelsize=6)
+    fig.suptitle(f"Training action magnitudes per group ({unit} units)", fontsize=10)
+    return fig
+
+
+def scatter_figure(motions: list[EpisodeMotion]):
+    fig = io.new_figure(5.0, 4.0)
+    ax = fig.subplots()
+    ax.scatter([m.base_distance for m in motions], [m.arm_motion for m in motions], s=12)
+    ax.set_xlabel("base distance travelled per episode (m)")
+    ax.set_ylabel(f"arm path length per episode (rad, {' + '.join(ARM_GROUPS)})")
+    ax.set_title("Arm vs base motion per training episode")
+    return fig
+
+
+def run(params, dataset: str = "data/dataset", split: str = "data/split.json", out: str = "results/analyze"):
+    """``bpi0 analyze``: metrics.json and plots in ``out``."""
+    data = io.load_train(dataset, split)
+    layout = params.layout.build()
+    metrics, motions = analyze(
+        data,
+        layout,
+        bins=params.analyze.bins,
+        max_weight=params.analyze.max_weight,
+        min_std=params.normstats.min_std,
+        min_base_motion=params.filter.min_base_motion,
+    )
+    figures = {f"histograms_{u}.png": histogram_figure(metrics["groups"], u) for u in UNITS}
+    figures["motion_scatter.png"] = scatter_figure(motions["raw"])
+    out = Path(out)
+    io.write_json(out / "metrics.json", metrics)
+    for name, fig in figures.items():
+        io.save_png(fig, out / name)
