@@ -96,3 +96,28 @@ def test_overrides_use_dotted_keys(tmp_path):
 def test_to_dict_round_trips():
     params = config.load(REPO / "params.yaml")
     assert config.from_dict(config.to_dict(params)) == params
+
+
+def test_ablation_variants_apply_overrides_per_run():
+    params = config.from_dict(
+        {"ablation": {"seeds": [0, 1], "variants": {"main": {}, "delta": {"train.loss.strategy": "delta"}}}}
+    )
+    run = config.for_run(params, "delta", 1)
+    assert run.train.loss.strategy == "delta" and run.train.seed == 1
+    assert config.for_run(params, "main", 0).train.loss.strategy == "uniform"
+    with pytest.raises(ConfigError, match=r"unknown variant 'nope'; variants are \['delta', 'main'\]"):
+        config.for_run(params, "nope", 0)
+
+
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ({"bad": {"train.loss.strategy": "x"}}, r"ablation\.variants\.bad: train\.loss\.strategy: expected one of"),
+        ({"bad": {"train.loss.strateg": "x"}}, r"ablation\.variants\.bad: train\.loss\.strateg: unknown key"),
+        ({"bad": {"dataset.sim.episodes": 3}}, r"bad: a variant may not override \['dataset\.sim\.episodes'\]"),
+        ({"bad name": {}}, r"variant name 'bad name'"),
+    ],
+)
+def test_bad_ablation_variants_fail_at_load(variants, message):
+    with pytest.raises(ConfigError, match=message):
+        config.from_dict({"ablation": {"variants": variants}})

@@ -174,6 +174,12 @@ class OptimizerConfig:
     weight_decay: float = 1e-10
     ema_decay: float | None = Field(0.99, ge=0.0, lt=1.0)
 
+    @model_validator(mode="after")
+    def _schedule(self):
+        if self.decay_steps <= self.warmup_steps:
+            raise ValueError(f"decay_steps ({self.decay_steps}) must exceed warmup_steps ({self.warmup_steps})")
+        return self
+
 
 @section
 class PhaseConfig:
@@ -192,6 +198,8 @@ class TrainConfig:
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     curriculum: list[PhaseConfig] = Field(default_factory=lambda: [PhaseConfig(steps=400)])
     checkpoint_every: int = Field(100, gt=0)
+    #: complete checkpoints kept on disk (the newest ones)
+    keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0)
 
     @property
@@ -210,6 +218,29 @@ class EvalConfig:
 
 
 @section
+class AblationConfig:
+    """The run matrix: every variant is trained and evaluated once per seed.
+
+    A variant is a set of dotted-key overrides of these params (``{}`` = the params as
+    they are); ``for_run`` applies one. DVC's ``matrix`` iterates ``variants`` × ``seeds``.
+    """
+
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"main": {}})
+
+    @field_validator("variants")
+    @classmethod
+    def _names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, overrides in v.items():
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"variant name {name!r}: use letters, digits and '_' (it names a run directory)")
+            bad = [k for k in overrides if k.split(".")[0] in ("ablation", "dataset", "layout")]
+            if bad:
+                raise ValueError(f"{name}: a variant may not override {bad} (they are shared by all runs)")
+        return v
+
+
+@section
 class Params:
     layout: LayoutConfig = Field(default_factory=LayoutConfig)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
@@ -219,8 +250,7 @@ class Params:
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    #: DVC-level values (run matrix, experiment presets) that the code does not read
-    runs: dict[str, Any] = Field(default_factory=dict)
+    ablation: AblationConfig = Field(default_factory=lambda: AblationConfig())
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -263,9 +293,23 @@ def _format(err: ValidationError) -> str:
 
 def from_dict(data: dict[str, Any] | None, *, source: str = "params") -> Params:
     try:
-        return _ADAPTER.validate_python(data or {})
+        params = _ADAPTER.validate_python(data or {})
     except ValidationError as e:
         raise ConfigError(f"{source}: {_format(e)}") from None
+    for variant in params.ablation.variants:  # a bad override fails at load, not mid-pipeline
+        _validate_variant(params, variant)
+    return params
+
+
+def _validate_variant(params: Params, variant: str) -> None:
+    data = to_dict(params)
+    data.pop("ablation")
+    for key, value in params.ablation.variants[variant].items():
+        _set_dotted(data, key, value)
+    try:
+        _ADAPTER.validate_python(data)
+    except ValidationError as e:
+        raise ConfigError(f"ablation.variants.{variant}: {_format(e)}") from None
 
 
 def load(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
@@ -283,6 +327,18 @@ def load(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = No
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
     return from_dict(data, source=str(path))
+
+
+def for_run(params: Params, variant: str, seed: int) -> Params:
+    """The params of one run of the ablation matrix: ``variant``'s overrides and ``train.seed = seed``."""
+    variants = params.ablation.variants
+    if variant not in variants:
+        raise ConfigError(f"ablation.variants: unknown variant {variant!r}; variants are {sorted(variants)}")
+    data = to_dict(params)
+    for key, value in {**variants[variant], "train.seed": seed}.items():
+        _set_dotted(data, key, value)
+    data["ablation"] = {"seeds": [seed], "variants": {variant: {}}}  # the run's params are final
+    return from_dict(data, source=f"ablation.variants.{variant}")
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
