@@ -208,8 +208,19 @@ def jax_param_shapes(config: Pi0Config) -> dict[str, tuple[int, ...]]:
     return {r.jax: r.shape for r in rules(config)}
 
 
+def torch_param_shapes(config: Pi0Config) -> dict[str, tuple[int, ...]]:
+    """The torch names and shapes the rules produce (traced on the meta device, no memory)."""
+    out = {}
+    for rule in rules(config):
+        layer = torch.empty(rule.shape[1:] if rule.stacked else rule.shape, device="meta")
+        parts = layer.unbind(0) if len(rule.torch) > 1 else (layer,)
+        for j, name in enumerate(rule.torch_names()):
+            out[name] = tuple(rule.transform[0](parts[j % len(parts)]).shape)
+    return out
+
+
 # --- conversion ---------------------------------------------------------------------------
-def _check_names(got: MutableMapping, expected: dict[str, tuple[int, ...] | None], side: str) -> None:
+def _check_names(got: MutableMapping, expected: dict[str, tuple[int, ...]], side: str) -> None:
     missing = sorted(set(expected) - set(got))
     unknown = sorted(set(got) - set(expected))
     if missing or unknown:
@@ -262,7 +273,7 @@ def jax_to_torch(flat: MutableMapping[str, np.ndarray], config: Pi0Config) -> di
 def torch_to_jax(state_dict: MutableMapping[str, torch.Tensor], config: Pi0Config) -> dict[str, np.ndarray]:
     """torch ``state_dict`` -> openpi params (flat '/' paths); ``state_dict`` is emptied as it is read."""
     table = rules(config)
-    _check_names(state_dict, {n: None for r in table for n in r.torch_names()}, "torch")
+    _check_names(state_dict, torch_param_shapes(config), "torch")
     out: dict[str, np.ndarray] = {}
     for rule in table:
         per_layer = rule.shape[1:] if rule.stacked else rule.shape
