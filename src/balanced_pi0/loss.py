@@ -210,41 +210,42 @@ def action_loss(sq_err, action_is_pad, actions, spec: LossSpec) -> tuple[Any, di
     xp = array_namespace(*(x for x in (sq_err, action_is_pad, actions) if x is not None))
     _check_inputs(xp, sq_err, action_is_pad, actions, spec)
     dtype = xp.result_type(sq_err.dtype, xp.float32)  # never accumulate in bf16
-    real, groups, static_w, group_size = _constants(xp, spec, sq_err.shape[-1], dtype, device(sq_err))
-    e = xp.astype(sq_err, dtype, copy=False)
+    real, groups, static_w, group_size, num_real = _constants(
+        xp, spec, sq_err.shape[-1], dtype, device(sq_err)
+    )
+    mode = spec.mask_normalization
 
-    step_is_valid = ~action_is_pad
-    if spec.mask_normalization == "none":  # padding trained on: every step counts
-        step_is_valid = xp.ones_like(action_is_pad)
+    step_is_valid = xp.ones_like(action_is_pad) if mode == "none" else ~action_is_pad  # `none`: all count
     step_valid = xp.astype(step_is_valid, dtype)
     valid = step_is_valid[:, :, None] & real[None, None, :]
-
     w = static_w
     if spec.strategy == "delta":
-        w = static_w * _motion_factor(xp, spec, xp.astype(actions, dtype, copy=False), step_valid, groups)
-    # Sums over dims go through the group matrix: short per-group sums keep float32 accurate
-    # where a backend (XLA on the CPU) adds a long reduction in sequence.
-    valid_per_group = xp.sum(step_valid) * group_size  # [G] valid elements
-    w_per_group = xp.sum(xp.where(valid, w, 0.0) @ groups, axis=(0, 1))
-    mean_w = xp.sum(w_per_group) / xp.clip(xp.sum(valid_per_group), min=1.0)
-    mean_w = xp.where(mean_w > 0, mean_w, 1.0)  # no valid element: nothing to renormalise
-    w = _stop_gradient(xp, w / mean_w)
+        motion = _motion_factor(xp, spec, xp.astype(actions, dtype, copy=False), step_valid, groups)
+        w = _stop_gradient(xp, static_w * motion)  # weights are data: the gradient stops where they are made
+    w, group_weight = _renormalise(xp, w, valid, step_valid, groups, group_size)
 
     # `where`, not a product: a non-finite error on a masked element must not leak in.
-    e = xp.where(valid, e, 0.0)
-    weighted = xp.sum((w * e) @ groups, axis=-1, keepdims=True)
-    num_real = xp.asarray([spec.layout.real_action_dim], dtype=dtype, device=device(sq_err))
-    loss = _reduce(xp, weighted, step_valid, num_real, spec.mask_normalization)[0]
-
-    group_loss = _reduce(xp, e @ groups, step_valid, group_size, spec.mask_normalization)
-    group_weight = w_per_group / mean_w / xp.clip(valid_per_group, min=1.0)
+    e = xp.where(valid, xp.astype(sq_err, dtype, copy=False), 0.0)
+    # Sums over dims go through the group matrix: short per-group sums keep float32 accurate
+    # where a backend (XLA on the CPU) adds up a long reduction in sequence.
+    loss = _reduce(xp, xp.sum((w * e) @ groups, axis=-1, keepdims=True), step_valid, num_real, mode)[0]
+    group_loss = _reduce(xp, _stop_gradient(xp, e) @ groups, step_valid, group_size, mode)
     names = spec.layout.group_names
     info = {
         "pad_fraction": xp.mean(xp.astype(action_is_pad, dtype)),
         "group_loss": {n: group_loss[i] for i, n in enumerate(names)},
         "effective_group_weights": {n: group_weight[i] for i, n in enumerate(names)},
     }
-    return loss, _stop_gradient(xp, info)
+    return loss, info
+
+
+def _renormalise(xp, w, valid, step_valid, groups, group_size):
+    """``w`` over its mean on the valid elements, and the resulting mean weight per group [G]."""
+    valid_per_group = xp.sum(step_valid) * group_size
+    w_per_group = xp.sum(xp.where(valid, w, 0.0) @ groups, axis=(0, 1))
+    mean = xp.sum(w_per_group) / xp.clip(xp.sum(valid_per_group), min=1.0)
+    mean = xp.where(mean > 0, mean, 1.0)  # no valid element: nothing to renormalise
+    return w / mean, w_per_group / mean / xp.clip(valid_per_group, min=1.0)
 
 
 def _reduce(xp, z, step_valid, n_dims, mode: str):
@@ -274,8 +275,6 @@ def _motion_factor(xp, spec: LossSpec, actions, step_valid, groups):
 
 def _stop_gradient(xp, x):
     """Weights and diagnostics are data. The array API has no autodiff, hence backend code."""
-    if isinstance(x, dict):
-        return {k: _stop_gradient(xp, v) for k, v in x.items()}
     if is_jax_namespace(xp):
         import jax
 
@@ -299,6 +298,7 @@ def _constants(xp, spec: LossSpec, width: int, dtype, dev):
         xp.asarray(groups, dtype=dtype, device=dev),
         xp.asarray(static_w, dtype=dtype, device=dev),
         xp.asarray(group_size, dtype=dtype, device=dev),
+        xp.asarray([spec.layout.real_action_dim], dtype=dtype, device=dev),
     )
 
 
