@@ -42,6 +42,15 @@ STAGES: tuple[Stage, ...] = (
         "balanced_pi0.cli:show_layout",
     ),
     Stage(
+        "fetch",
+        "write the LeRobot v3.0 dataset from dataset.source (sim, hub:<repo_id>, b1k:<path>) and split.json",
+        "balanced_pi0.data.fetch:fetch",
+        (
+            Opt("--out", "data/dataset", "LeRobot v3.0 dataset root to write"),
+            Opt("--split", "data/split.json", "train/val episode split to write"),
+        ),
+    ),
+    Stage(
         "analyze",
         "action magnitudes per group on the training episodes: metrics.json, plots, suggested weights",
         "balanced_pi0.prep.analyze:run",

@@ -1,0 +1,69 @@
+"""``bpi0 fetch``: the pipeline's first stage.
+
+Writes the stage's LeRobot v3.0 dataset from ``dataset.source`` (the embedded
+MuJoCo task, a hub repository, or a BEHAVIOR-1K 2025 folder), checks it against
+the action layout, and writes the seeded episode split. The dataset is staged
+next to the output and renamed into place only once it has passed the checks.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from balanced_pi0 import config as _config
+from balanced_pi0.data import split as _split
+from balanced_pi0.data.lowdim import load_lowdim
+from balanced_pi0.data.writer import replace_dir, write_dataset
+
+
+def fetch(params: _config.Params, out: str = "data/dataset", split: str = "data/split.json") -> None:
+    cfg = params.dataset
+    out = Path(out)
+    staging = out.parent / f".{out.name}.fetch"
+    start = time.perf_counter()
+    try:
+        _write_source(cfg, staging)
+        low = load_lowdim(staging, action_dim=params.layout.build().real_action_dim)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_dir(staging, out)
+    _split.write_split(split, _split.make_split(low.episodes, cfg.split.val_fraction, cfg.split.seed))
+    print(
+        f"fetch: {cfg.source} -> {out}: {len(low.episodes)} episodes, {low.num_frames} frames "
+        f"in {time.perf_counter() - start:.1f} s; split -> {split}"
+    )
+
+
+def _write_source(cfg: _config.DatasetConfig, dest: Path) -> None:
+    import shutil
+
+    shutil.rmtree(dest, ignore_errors=True)
+    kind, _, arg = cfg.source.partition(":")
+    if kind == "sim":
+        from balanced_pi0.sim.recorder import generate_episodes
+
+        sim = cfg.sim
+        written = write_dataset(
+            generate_episodes(sim, cfg.cameras),
+            dest,
+            repo_id=cfg.repo_id,
+            fps=sim.fps,
+            cameras=cfg.cameras,
+            robot_type="r1pro_sim",
+        )
+        if written < sim.episodes:
+            print(f"fetch: dropped {sim.episodes - written} of {sim.episodes} episodes the expert failed")
+    elif kind == "hub":
+        from balanced_pi0.data.hub import download
+
+        download(arg, dest)
+    elif kind == "b1k":
+        from balanced_pi0.data.b1k import convert
+
+        convert(Path(arg), dest, cameras=cfg.cameras, repo_id=cfg.repo_id, resolution=cfg.sim.resolution)
+    else:  # the config validator admits only the three kinds above
+        raise AssertionError(cfg.source)

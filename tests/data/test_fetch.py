@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import sys
+import time
+import types
+
+import pytest
+
+from balanced_pi0 import config
+from balanced_pi0.cli import main
+from balanced_pi0.data.fetch import fetch
+from balanced_pi0.data.lowdim import load_lowdim
+from balanced_pi0.data.split import read_split
+from balanced_pi0.errors import InputError
+
+from .conftest import fake_episodes
+
+
+@pytest.fixture
+def fake_sim(monkeypatch):
+    """Stand in for balanced_pi0.sim.recorder: deterministic small episodes."""
+    module = types.ModuleType("balanced_pi0.sim.recorder")
+    calls = []
+
+    def generate_episodes(sim, cameras):
+        calls.append((sim, tuple(cameras)))
+        lengths = [4 + (sim.seed + i) % 5 for i in range(sim.episodes)]
+        return iter(fake_episodes(lengths=lengths, dim=23, resolution=sim.resolution, seed=sim.seed))
+
+    module.generate_episodes = generate_episodes
+    monkeypatch.setitem(sys.modules, "balanced_pi0.sim.recorder", module)
+    return calls
+
+
+def _params(**dataset):
+    sim = {"episodes": 5, "resolution": 16, **dataset.pop("sim", {})}
+    return config.from_dict({"dataset": {"sim": sim, **dataset}})
+
+
+def test_fetch_sim_writes_dataset_and_split(tmp_path, fake_sim):
+    fetch(_params(), out=str(tmp_path / "data/dataset"), split=str(tmp_path / "data/split.json"))
+    low = load_lowdim(tmp_path / "data/dataset", action_dim=23)
+    split = read_split(tmp_path / "data/split.json")
+    assert split["num_episodes"] == 5 and sorted(split["train"] + split["val"]) == low.episodes.tolist()
+    assert len(split["val"]) == 1
+    assert fake_sim[0][1] == ("head", "left_wrist", "right_wrist")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["dataset", "split.json"]
+
+
+def test_action_width_not_matching_layout_leaves_no_output(tmp_path, fake_sim):
+    params = config.from_dict(
+        {
+            "layout": {"preset": None, "groups": {"base": [0, 3], "arm": [3, 20]}, "real_action_dim": 20},
+            "dataset": {"sim": {"episodes": 3, "resolution": 16}},
+        }
+    )
+    with pytest.raises(InputError, match=r"'action' has shape \[23\].*expects \[20\]"):
+        fetch(params, out=str(tmp_path / "ds"), split=str(tmp_path / "split.json"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_fetch(tmp_path, fake_sim):
+    params = tmp_path / "params.yaml"
+    params.write_text("dataset:\n  sim: {episodes: 3, resolution: 16}\n")
+    rc = main(
+        ["fetch", "--params", str(params), "--out", str(tmp_path / "ds"), "--split", str(tmp_path / "s.json")]
+    )
+    assert rc == 0 and read_split(tmp_path / "s.json")["num_episodes"] == 3
+
+
+@pytest.mark.parametrize("offline", ["1", ""])
+def test_hub_without_network_fails_fast(tmp_path, monkeypatch, offline):
+    from balanced_pi0.data.hub import HubUnavailable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    start = time.perf_counter()
+    with pytest.raises(HubUnavailable, match=r"hub:balanced-pi0-test/does-not-exist"):
+        fetch(
+            _params(source="hub:balanced-pi0-test/does-not-exist"),
+            out=str(tmp_path / "ds"),
+            split=str(tmp_path / "s.json"),
+        )
+    assert time.perf_counter() - start < 30
+    assert list(tmp_path.iterdir()) == []
