@@ -41,7 +41,9 @@ def columns(actions: list[np.ndarray], states: list[np.ndarray] | None = None, f
     )
 
 
-def write_lerobot(root: Path, actions: list[np.ndarray], states: list[np.ndarray] | None = None, fps: int = 10):
+def write_lerobot(
+    root: Path, actions: list[np.ndarray], states: list[np.ndarray] | None = None, fps: int = 10
+):
     """A LeRobot v3.0 dataset (no images) written through LeRobot's own writer."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -65,7 +67,13 @@ def write_lerobot(root: Path, actions: list[np.ndarray], states: list[np.ndarray
 def write_split(path: Path, train: list[int], val: list[int]) -> Path:
     path.write_text(
         json.dumps(
-            {"train": train, "val": val, "seed": 0, "val_fraction": 0.2, "num_episodes": len(train) + len(val)}
+            {
+                "train": train,
+                "val": val,
+                "seed": 0,
+                "val_fraction": 0.2,
+                "num_episodes": len(train) + len(val),
+            }
         )
     )
     return path
@@ -82,7 +90,7 @@ def r1pro_episode(rng: np.random.Generator, frames: int, base_speed: float, arm_
     return a.astype(np.float32)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def r1pro_episodes():
     """Six episodes: three driving (fast base, small arm steps), three reaching (still base, big arm steps)."""
     rng = np.random.default_rng(7)
@@ -91,9 +99,10 @@ def r1pro_episodes():
     return [drive[0], reach[0], drive[1], reach[1], drive[2], reach[2]]
 
 
-@pytest.fixture
-def r1pro_dataset(tmp_path, r1pro_episodes):
-    """(dataset root, split path, episodes): episodes 0..4 train, 5 val."""
-    root = write_lerobot(tmp_path / "dataset", r1pro_episodes)
-    split = write_split(tmp_path / "split.json", [0, 1, 2, 3, 4], [5])
+@pytest.fixture(scope="session")
+def r1pro_dataset(tmp_path_factory, r1pro_episodes):
+    """(dataset root, split path, episodes): episodes 0..4 train, 5 val. Shared: do not modify."""
+    tmp = tmp_path_factory.mktemp("r1pro")
+    root = write_lerobot(tmp / "dataset", r1pro_episodes)
+    split = write_split(tmp / "split.json", [0, 1, 2, 3, 4], [5])
     return root, split, r1pro_episodes

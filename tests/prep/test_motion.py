@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from balanced_pi0.groups import R1PRO, LayoutError, layout_from_mapping
-from balanced_pi0.prep.motion import base_travel, check_motion_layout, dataset_motion, episode_motion, step_changes
+from balanced_pi0.prep.motion import (
+    base_travel,
+    check_motion_layout,
+    dataset_motion,
+    episode_motion,
+    step_changes,
+)
 
 from .conftest import columns
 

@@ -127,7 +127,12 @@ def test_documents_use_openpi_layout_and_list_floors():
     for ep in eps:
         ep[:, 22] = -1.0  # a gripper that never opens
     docs = ns.compute_variants(
-        columns(eps), ["standard", "balanced", "per_timestep"], layout=R1PRO, bins=BINS, min_std=0.01, horizon=4
+        columns(eps),
+        ["standard", "balanced", "per_timestep"],
+        layout=R1PRO,
+        bins=BINS,
+        min_std=0.01,
+        horizon=4,
     )
     for variant, doc in docs.items():
         assert set(doc["norm_stats"]) == {"state", "actions"}
