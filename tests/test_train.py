@@ -186,10 +186,27 @@ def make_params(backend: str, curriculum=None, **train_overrides) -> _config.Par
     return _config.from_dict(data)
 
 
+def toy_api(backend: str):
+    if backend == "jax":
+        from flax import nnx
+
+        from balanced_pi0.backends.jax.train_step import ModelApi
+
+        def export(model):
+            pure = nnx.state(model, nnx.Param).to_pure_dict()
+            return {f"net/{k}": np.asarray(v) for k, v in pure["net"].items()}
+
+        return ModelApi(build=jax_model, observation=dict, export=export)
+    from balanced_pi0.backends.torch.train_step import ModelApi
+
+    def export_torch(model):
+        return {n: p.detach().numpy() for n, p in model.named_parameters()}
+
+    return ModelApi(build=torch_model, observation=dict, export=export_torch)
+
+
 def make_backend(params):
-    if params.train.backend == "jax":
-        return train.make_backend(params, model_factory=jax_model, make_observation=dict)
-    return train.make_backend(params, model_factory=torch_model, make_observation=dict)
+    return train.make_backend(params, model_api=toy_api(params.train.backend))
 
 
 def run(params, run_dir: Path, stop_after=None, nan_at=None, episode_sets=None, loaders=None) -> int:

@@ -406,8 +406,24 @@ def _write_final(final: Path, backend: Backend) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# JSON helpers (sorted keys: same content, same bytes)
+# Files whose bytes depend only on their content
 # --------------------------------------------------------------------------------------
+def save_params_npz(path: Path, params: Mapping[str, np.ndarray]) -> None:
+    """``np.savez`` with sorted names and a fixed zip timestamp (``np.savez`` stamps the clock)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name in sorted(params):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(params[name]), allow_pickle=False)
+
+
+def load_params_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
 def _read_json(path: Path) -> Any:
     if not path.exists():
         raise InputError(f"{path}: file not found")

@@ -24,6 +24,7 @@ from flax import nnx
 from balanced_pi0 import config as _config
 from balanced_pi0 import model_config
 from balanced_pi0.loss import LossSpec, action_loss
+from balanced_pi0.train import save_params_npz
 
 #: orbax writes these JSON files with wall-clock timestamps; zeroed so that checkpoints are byte-stable.
 _TIMESTAMP_KEYS = ("init_timestamp_nsecs", "commit_timestamp_nsecs")
@@ -75,12 +76,7 @@ def _step(graphdef, rest, tx, spec: LossSpec, ema_decay: float | None, make_obs,
 class JaxBackend:
     name = "jax"
 
-    def __init__(
-        self,
-        params: _config.Params,
-        model_factory: Callable[[model_config.Pi0Config, nnx.Rngs], nnx.Module] | None = None,
-        make_observation: Callable[[Mapping], Any] | None = None,
-    ):
+    def __init__(self, params: _config.Params, model_api: ModelApi | None = None):
         m = params.model
         self.model_config = model_config.get_config(
             m.size,
@@ -93,25 +89,24 @@ class JaxBackend:
         self.seed = params.train.seed
         self.opt = params.train.optimizer
         self.spec = LossSpec.from_config(params)
-        self._factory = model_factory or _default_model
-        self._make_obs = make_observation or _default_observation
+        self.api = model_api or pi0_api()
         self.tx = make_optimizer(self.opt)
         self.state: TrainState | None = None
 
     # --- lifecycle -------------------------------------------------------------------
     def init(self) -> None:
-        model = self._factory(self.model_config, nnx.Rngs(self.seed))
+        model = self.api.build(self.model_config, nnx.Rngs(self.seed))
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
         ema = jax.tree.map(jnp.copy, params) if self.opt.ema_decay is not None else None
         self.state = TrainState(params, self.tx.init(params), ema)
         step = partial(
-            _step, self.graphdef, self.rest, self.tx, self.spec, self.opt.ema_decay, self._make_obs
+            _step, self.graphdef, self.rest, self.tx, self.spec, self.opt.ema_decay, self.api.observation
         )
         self._jit_step = jax.jit(step, donate_argnums=0)
 
     def train_step(self, batch: Mapping[str, Any], step: int) -> dict[str, Any]:
         self.state, metrics = self._jit_step(self.state, batch)
-        return jax.device_get(metrics)
+        return jax.tree.map(float, jax.device_get(metrics))
 
     # --- checkpoints -----------------------------------------------------------------
     def save(self, directory: Path) -> None:
@@ -142,17 +137,16 @@ class JaxBackend:
         return nnx.merge(self.graphdef, self.inference_params(), self.rest)
 
     def sample(self, observation: Mapping[str, Any], noise: np.ndarray, num_steps: int) -> np.ndarray:
-        actions = self.model().sample_actions(self._make_obs(observation), jnp.asarray(noise), num_steps)
+        actions = self.model().sample_actions(
+            self.api.observation(observation), jnp.asarray(noise), num_steps
+        )
         return np.asarray(actions)
 
     def export(self, directory: Path) -> None:
-        """``params.npz``: the (EMA) params flattened to ``a/b/c`` paths, float32."""
+        """``params.npz``: the (EMA) params by openpi path."""
         directory = Path(directory)
         directory.mkdir(parents=True)
-        leaves = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(self.inference_params()))
-        flat = {"/".join(str(k.key) for k in path): np.asarray(v) for path, v in leaves}
-        with (directory / "params.npz").open("wb") as f:
-            np.savez(f, **dict(sorted(flat.items())))
+        save_params_npz(directory / "params.npz", self.api.export(self.model()))
 
 
 def _scrub_orbax_metadata(directory: Path) -> None:
@@ -165,16 +159,25 @@ def _scrub_orbax_metadata(directory: Path) -> None:
         path.unlink()
 
 
-def _default_model(config: model_config.Pi0Config, rngs: nnx.Rngs) -> nnx.Module:
-    from balanced_pi0.backends.jax.pi0 import Pi0
+@dataclass(frozen=True)
+class ModelApi:
+    """The model the backend trains: built from config and rngs, fed an ``Observation`` made from
+    ``PolicyIO``'s dict, exported as ``{openpi path: array}``."""
 
-    return Pi0(config, rngs=rngs)
+    build: Callable[[model_config.Pi0Config, nnx.Rngs], nnx.Module]
+    observation: Callable[[Mapping], Any]
+    export: Callable[[nnx.Module], dict[str, np.ndarray]]
 
 
-def _default_observation(obs: Mapping) -> Any:
-    from balanced_pi0.backends.jax.pi0 import Observation
+def pi0_api() -> ModelApi:
+    from balanced_pi0.backends.jax.params import export_params
+    from balanced_pi0.backends.jax.pi0 import Observation, Pi0
 
-    return Observation(**obs)
+    return ModelApi(
+        build=lambda cfg, rngs: Pi0(cfg, rngs=rngs),
+        observation=lambda d: Observation(**d),
+        export=export_params,
+    )
 
 
 def make_backend(params: _config.Params, **kwargs) -> JaxBackend:

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
 from balanced_pi0 import config as _config
 from balanced_pi0 import model_config
 from balanced_pi0.loss import LossSpec, action_loss
-from balanced_pi0.train import learning_rate
+from balanced_pi0.train import learning_rate, save_params_npz
 
 
 def _to_torch(tree: Any, device: torch.device) -> Any:
@@ -42,13 +42,7 @@ def _scalars(tree: Any) -> Any:
 class TorchBackend:
     name = "torch"
 
-    def __init__(
-        self,
-        params: _config.Params,
-        model_factory: Callable[[model_config.Pi0Config], torch.nn.Module] | None = None,
-        make_observation: Callable[[Mapping], Any] | None = None,
-        device: str = "cpu",
-    ):
+    def __init__(self, params: _config.Params, model_api: ModelApi | None = None, device: str = "cpu"):
         m = params.model
         self.model_config = model_config.get_config(
             m.size,
@@ -62,13 +56,12 @@ class TorchBackend:
         self.opt = params.train.optimizer
         self.spec = LossSpec.from_config(params)
         self.device = torch.device(device)
-        self._factory = model_factory or _default_model
-        self._make_obs = make_observation or _default_observation
+        self.api = model_api or pi0_api()
 
     # --- lifecycle -------------------------------------------------------------------
     def init(self) -> None:
         torch.manual_seed(self.seed)  # parameter initialisation draws from the global generator
-        self.model = self._factory(self.model_config).to(self.device)
+        self.model = self.api.build(self.model_config).to(self.device)
         self.model.train()
         opt = self.opt
         self.optimizer = torch.optim.AdamW(
@@ -86,7 +79,7 @@ class TorchBackend:
     def train_step(self, batch: Mapping[str, Any], step: int) -> dict[str, Any]:
         b = _to_torch(batch, self.device)
         sq_err = self.model.compute_loss(
-            self._make_obs(b["observation"]), b["actions"], b["noise"], b["time"]
+            self.api.observation(b["observation"]), b["actions"], b["noise"], b["time"]
         )
         loss, info = action_loss(sq_err, b["action_is_pad"], b["actions"], self.spec)
         self.optimizer.zero_grad(set_to_none=True)
@@ -167,33 +160,36 @@ class TorchBackend:
     @torch.no_grad()
     def sample(self, observation: Mapping[str, Any], noise: np.ndarray, num_steps: int) -> np.ndarray:
         model = self.inference_model()
-        obs = self._make_obs(_to_torch(observation, self.device))
+        obs = self.api.observation(_to_torch(observation, self.device))
         actions = model.sample_actions(obs, torch.from_numpy(noise).to(self.device), num_steps)
         return actions.cpu().numpy()
 
     def export(self, directory: Path) -> None:
-        """``params.safetensors``: the (EMA) params by their torch names, float32."""
+        """``params.npz``: the (EMA) params by openpi path, as the JAX backend writes them."""
         directory = Path(directory)
         directory.mkdir(parents=True)
-        model = self.inference_model()
-        flat = {n: p.detach().cpu().numpy() for n, p in model.named_parameters()}
-        save_numpy(dict(sorted(flat.items())), str(directory / "params.safetensors"))
+        save_params_npz(directory / "params.npz", self.api.export(self.inference_model()))
 
 
 def _jsonable(d: Mapping) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k not in ("params",)}
 
 
-def _default_model(config: model_config.Pi0Config) -> torch.nn.Module:
-    from balanced_pi0.backends.torch.pi0 import Pi0
+@dataclass(frozen=True)
+class ModelApi:
+    """The model the backend trains: built from config (under the seeded global generator), fed
+    an ``Observation`` made from ``PolicyIO``'s dict, exported as ``{openpi path: array}``."""
 
-    return Pi0(config)
+    build: Callable[[model_config.Pi0Config], torch.nn.Module]
+    observation: Callable[[Mapping], Any]
+    export: Callable[[torch.nn.Module], dict[str, np.ndarray]]
 
 
-def _default_observation(obs: Mapping) -> Any:
-    from balanced_pi0.backends.torch.pi0 import Observation
+def pi0_api() -> ModelApi:
+    from balanced_pi0.backends.torch.convert import export_jax_params
+    from balanced_pi0.backends.torch.pi0 import Observation, Pi0
 
-    return Observation(**obs)
+    return ModelApi(build=Pi0, observation=lambda d: Observation(**d), export=export_jax_params)
 
 
 def make_backend(params: _config.Params, **kwargs) -> TorchBackend:
