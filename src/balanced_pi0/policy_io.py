@@ -141,6 +141,24 @@ class PolicyIO:
     model_cameras: tuple[str, ...]
     tokenize: Tokenize
 
+    @classmethod
+    def from_params(cls, params, norm_stats_dir: str | Path = "data/norm_stats") -> PolicyIO:
+        """The pipeline's choice: ``<norm_stats_dir>/<train.norm_stats>.json``, the byte tokenizer
+        (the ``pi0`` size reads PaliGemma's SentencePiece model instead; load it and pass ``tokenize``)."""
+        from balanced_pi0.model_config import CAMERAS
+        from balanced_pi0.tokenizer import ByteTokenizer
+
+        m = params.model
+        return cls(
+            norm_stats=load_norm_stats(Path(norm_stats_dir) / f"{params.train.norm_stats}.json"),
+            min_std=params.normstats.min_std,
+            action_dim=m.action_dim,
+            image_resolution=m.image_resolution,
+            camera_map=camera_map(params.dataset.cameras, CAMERAS),
+            model_cameras=CAMERAS,
+            tokenize=ByteTokenizer(m.max_token_len).tokenize,
+        )
+
     def observation(self, batch: Mapping) -> dict:
         """Model observation arrays: images, image_masks, state, tokenized_prompt(_mask)."""
         state = pad_to_dim(normalize(batch["state"], self.norm_stats["state"], self.min_std), self.action_dim)
