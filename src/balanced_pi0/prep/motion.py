@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from balanced_pi0.groups import ARM_GROUPS, BASE_GROUPS, GroupLayout, LayoutError
 
@@ -33,13 +34,18 @@ class EpisodeMotion:
         return self.arm_motion / max(self.base_distance, min_base_motion)
 
 
-def check_motion_layout(layout: GroupLayout, action_dim: int, *, source: str = "action") -> None:
-    """The layout must tile the data's action and name a 3-D (vx, vy, wz) base and the arm groups."""
+def check_layout_width(layout: GroupLayout, action_dim: int, *, source: str = "action") -> None:
+    """The layout's groups must tile exactly the data's action dimensions."""
     if layout.real_action_dim != action_dim:
         raise LayoutError(
             f"layout {layout.name!r} has real_action_dim {layout.real_action_dim} but {source} has "
             f"{action_dim} dims"
         )
+
+
+def check_motion_layout(layout: GroupLayout, action_dim: int, *, source: str = "action") -> None:
+    """The layout must tile the data's action and name a 3-D (vx, vy, wz) base and the arm groups."""
+    check_layout_width(layout, action_dim, source=source)
     for name in (*BASE_GROUPS, *ARM_GROUPS):
         layout.group(name)  # raises naming the missing group
     for name in BASE_GROUPS:
@@ -87,7 +93,6 @@ def dataset_motion(data, layout: GroupLayout, action: np.ndarray | None = None) 
     """
     action = data.action if action is None else action
     check_motion_layout(layout, action.shape[1])
-    return [
-        episode_motion(ep, action[s:e], layout, data.fps)
-        for ep, s, e in zip(data.episodes, data.ep_start, data.ep_stop, strict=True)
-    ]
+    spans = zip(data.episodes, data.ep_start, data.ep_stop, strict=True)
+    bar = tqdm(spans, total=len(data.episodes), desc="motion", unit="episode", disable=None, leave=False)
+    return [episode_motion(ep, action[s:e], layout, data.fps) for ep, s, e in bar]

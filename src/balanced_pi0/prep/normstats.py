@@ -24,7 +24,9 @@ layout ``{"norm_stats": {"state": {...}, "actions": {...}}}``):
 - ``balanced``: the seed's per-group rescaling of the *action* statistics (see
   ``balance_groups``); state statistics are the standard ones.
 - ``per_timestep``: action statistics per (horizon step h, dimension), shape
-  ``[action_horizon, D]``, over every action chunk a training sample can draw.
+  ``[action_horizon, D]``, over every action chunk a training sample can draw
+  (the 2025 BEHAVIOR Challenge winners normalised per timestep, on delta actions;
+  here on the dataset's actions as they are).
   Padded steps (LeRobot clamps steps past an episode's end to its last frame and
   flags them in ``action_is_pad``) are *excluded*: the loss never trains on them,
   so step h's statistics are over frames with index ≥ h of each episode.
@@ -42,7 +44,7 @@ from tqdm import tqdm
 from balanced_pi0.errors import InputError
 from balanced_pi0.groups import GroupLayout
 from balanced_pi0.prep import io
-from balanced_pi0.prep.motion import check_motion_layout
+from balanced_pi0.prep.motion import check_layout_width
 
 QUANTILES = {"q01": 0.01, "q99": 0.99}
 #: rows per block fed to the accumulators: amortises the histogram's per-call cost
@@ -218,7 +220,7 @@ def balance_groups(actions: FeatureStats, layout: GroupLayout) -> tuple[FeatureS
     after normalisation, one that varies 10× less is 10× smaller). Quantile
     normalisation maps group g's q01–q99 range onto ``±1/s_g`` about the mean.
     """
-    check_motion_layout(layout, actions.mean.shape[-1], source="action statistics")
+    check_layout_width(layout, actions.mean.shape[-1], source="action statistics")
     group_std = {g.name: float(np.mean(actions.std[g.start : g.stop])) for g in layout.groups}
     target = float(np.median(list(group_std.values())))
     scale = np.ones_like(actions.std)
@@ -326,7 +328,7 @@ def run(params, dataset: str = "data/dataset", split: str = "data/split.json", o
     cfg = params.normstats
     data = io.load_train(dataset, split)
     layout = params.layout.build()
-    check_motion_layout(layout, data.action.shape[1], source=f"{dataset} action")
+    check_layout_width(layout, data.action.shape[1], source=f"{dataset} action")
     docs = compute_variants(
         data,
         cfg.variants,
