@@ -151,15 +151,13 @@ class LossSpec:
         return self.layout.weight_vector(dict(self.group_weights), self.dimension_weights, width=width)
 
     def effective_group_weights(self) -> dict[str, float]:
-        """Per-group weight after renormalisation to mean 1 over the real dims.
+        """Per-group mean weight after renormalisation to mean 1 over the valid real elements.
 
-        ``action_loss`` reports the same numbers on any batch with a valid step, for
-        every strategy: ``delta``'s motion factor has mean 1 per group over the valid
-        steps, so it leaves the group means as they are.
+        The same for every batch with a valid step, whatever the strategy: a valid step
+        holds all real dims, and ``delta``'s motion factor has mean 1 per group over the
+        valid steps, so it leaves the group means as they are. These are the numbers to quote.
         """
-        w = self.static_weights(self.layout.real_action_dim)
-        w = w / w.mean()
-        return {g.name: float(w[g.start : g.stop].mean()) for g in self.layout.groups}
+        return dict(_effective_group_weights(self))
 
 
 def _validate(spec: LossSpec) -> None:
@@ -205,7 +203,8 @@ def action_loss(sq_err, action_is_pad, actions, spec: LossSpec) -> tuple[Any, di
       ``(loss, info)``: the scalar loss, and gradient-free diagnostics ``pad_fraction``
       (share of padded steps), ``group_loss`` ({group: unweighted error of the group,
       same normalisation as the loss}, comparable across strategies) and
-      ``effective_group_weights`` ({group: mean weight over the group's valid elements}).
+      ``effective_group_weights`` ({group: mean weight over the group's valid elements}; the
+      same for every batch with a valid step, so a property of the spec, given as floats).
     """
     xp = array_namespace(*(x for x in (sq_err, action_is_pad, actions) if x is not None))
     _check_inputs(xp, sq_err, action_is_pad, actions, spec)
@@ -218,11 +217,13 @@ def action_loss(sq_err, action_is_pad, actions, spec: LossSpec) -> tuple[Any, di
     step_is_valid = xp.ones_like(action_is_pad) if mode == "none" else ~action_is_pad  # `none`: all count
     step_valid = xp.astype(step_is_valid, dtype)
     valid = step_is_valid[:, :, None] & real[None, None, :]
+    # Renormalising over the batch's valid elements gives the host's numbers (mean 1 over the real
+    # dims) whenever a step is valid: every valid step holds all real dims, and delta's motion factor
+    # averages 1 per group over the valid steps. Without a valid step, the loss is 0 whatever w is.
     w = static_w
     if spec.strategy == "delta":
         motion = _motion_factor(xp, spec, xp.astype(actions, dtype, copy=False), step_valid, groups)
         w = _stop_gradient(xp, static_w * motion)  # weights are data: the gradient stops where they are made
-    w, group_weight = _renormalise(xp, w, valid, step_valid, groups, group_size)
 
     # `where`, not a product: a non-finite error on a masked element must not leak in.
     e = xp.where(valid, xp.astype(sq_err, dtype, copy=False), 0.0)
@@ -234,18 +235,9 @@ def action_loss(sq_err, action_is_pad, actions, spec: LossSpec) -> tuple[Any, di
     info = {
         "pad_fraction": xp.mean(xp.astype(action_is_pad, dtype)),
         "group_loss": {n: group_loss[i] for i, n in enumerate(names)},
-        "effective_group_weights": {n: group_weight[i] for i, n in enumerate(names)},
+        "effective_group_weights": spec.effective_group_weights(),
     }
     return loss, info
-
-
-def _renormalise(xp, w, valid, step_valid, groups, group_size):
-    """``w`` over its mean on the valid elements, and the resulting mean weight per group [G]."""
-    valid_per_group = xp.sum(step_valid) * group_size
-    w_per_group = xp.sum(xp.where(valid, w, 0.0) @ groups, axis=(0, 1))
-    mean = xp.sum(w_per_group) / xp.clip(xp.sum(valid_per_group), min=1.0)
-    mean = xp.where(mean > 0, mean, 1.0)  # no valid element: nothing to renormalise
-    return w / mean, w_per_group / mean / xp.clip(valid_per_group, min=1.0)
 
 
 def _reduce(xp, z, step_valid, n_dims, mode: str):
@@ -285,10 +277,19 @@ def _stop_gradient(xp, x):
 
 
 @functools.lru_cache(maxsize=64)
+def _effective_group_weights(spec: LossSpec) -> tuple[tuple[str, float], ...]:
+    w = spec.static_weights(spec.layout.real_action_dim)
+    w = w / w.mean()
+    return tuple((g.name, float(w[g.start : g.stop].mean())) for g in spec.layout.groups)
+
+
+@functools.lru_cache(maxsize=64)
 def _layout_arrays(spec: LossSpec, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Host-side constants: real-dim mask, group matrix [width, G], static weights, group sizes."""
+    """Host-side constants: real-dim mask, group matrix [width, G], weights of mean 1 over the real dims, group sizes."""
     groups = spec.layout.group_masks(width).T.astype(np.float64)
-    return spec.layout.real_dim_mask(width), groups, spec.static_weights(width), groups.sum(axis=0)
+    w = spec.static_weights(width)
+    w = w / w[: spec.layout.real_action_dim].mean()
+    return spec.layout.real_dim_mask(width), groups, w, groups.sum(axis=0)
 
 
 def _constants(xp, spec: LossSpec, width: int, dtype, dev):
