@@ -44,7 +44,7 @@ def _unflatten(flat: Mapping[str, object]) -> dict:
 
 
 def _named_params(model: nnx.Module) -> dict:
-    return _flatten(nnx.state(model, nnx.Param).to_pure_dict())
+    return _flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
 def export_params(model: Pi0) -> dict[str, np.ndarray]:
@@ -76,4 +76,6 @@ def load_params(model: Pi0, flat: Mapping[str, np.ndarray | jax.Array]) -> None:
     if wrong:
         raise InputError("pi0 param shapes do not match the model: " + "; ".join(wrong))
     values = {path: jnp.asarray(flat[path], dtype=current[path].dtype) for path in current}
-    nnx.update(model, nnx.State(_unflatten(values)))
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, _unflatten(values))
+    nnx.update(model, state)
