@@ -1,0 +1,202 @@
+"""What the padding-aware, group-weighted loss costs in a training step.
+
+One optimiser step of a small MLP velocity model (flow matching, pi0's
+convention) with the plain mean of the squared error versus ``action_loss``
+(``token`` normalisation, ``delta`` weighting: the most expensive strategy), in
+JAX (jitted step) and PyTorch (eager step), measured in one run. Rounds of the
+two variants alternate so that drift on a shared machine hits both alike; the
+fastest and the median round are reported. One thread per backend, for stable numbers.
+
+    uv run python benchmarks/loss_overhead.py [--batch-size 16] [--horizon 10] [--hidden 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+
+from balanced_pi0.groups import MODEL_ACTION_DIM, R1PRO
+from balanced_pi0.loss import LossSpec, action_loss
+
+SPEC = LossSpec(
+    strategy="delta", mask_normalization="token", group_weights={"left_arm": 3.0, "right_arm": 3.0}
+)
+
+
+def make_batch(batch_size: int, horizon: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random normalised actions with LeRobot-style end-of-episode padding on a third of the samples."""
+    rng = np.random.default_rng(seed)
+    actions = np.cumsum(rng.normal(0, 0.1, (batch_size, horizon, MODEL_ACTION_DIM)), axis=1)
+    actions[:, :, R1PRO.real_action_dim :] = 0.0
+    real_steps = np.where(rng.random(batch_size) < 1 / 3, rng.integers(1, horizon + 1, batch_size), horizon)
+    action_is_pad = np.arange(horizon)[None, :] >= real_steps[:, None]
+    state = rng.normal(size=(batch_size, R1PRO.real_action_dim))
+    return {
+        "state": state.astype(np.float32),
+        "actions": actions.astype(np.float32),
+        "action_is_pad": action_is_pad,
+    }
+
+
+def _timed_rounds(run_round, variants, rounds: int) -> dict[str, list[float]]:
+    """Seconds of every round of each variant, the variants interleaved round by round."""
+    times = {v: [] for v in variants}
+    for _ in range(rounds):
+        for v in variants:
+            start = time.perf_counter()
+            run_round(v)
+            times[v].append(time.perf_counter() - start)
+    return times
+
+
+# --------------------------------------------------------------------------------------
+# JAX
+# --------------------------------------------------------------------------------------
+def jax_steps(batch, hidden: int, steps: int, rounds: int) -> dict[str, list[float]]:
+    b, h, d = batch["actions"].shape
+    sizes = [h * d + batch["state"].shape[1] + 1, hidden, hidden, h * d]
+    keys = jax.random.split(jax.random.key(0), len(sizes))
+    params = [
+        (jax.random.normal(k, (i, o)) / np.sqrt(i), jnp.zeros(o))
+        for k, i, o in zip(keys, sizes[:-1], sizes[1:], strict=False)
+    ]
+    opt = optax.adam(1e-4)
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    def velocity(params, x_t, t, state):
+        x = jnp.concatenate([x_t.reshape(b, -1), state, t[:, None]], axis=-1)
+        for i, (w, bias) in enumerate(params):
+            x = x @ w + bias
+            x = jax.nn.gelu(x) if i < len(params) - 1 else x
+        return x.reshape(b, h, d)
+
+    def make_step(use_action_loss: bool):
+        def loss_fn(params, batch, key):
+            k_noise, k_time = jax.random.split(key)
+            actions = batch["actions"]
+            noise = jax.random.normal(k_noise, actions.shape)
+            t = jax.random.beta(k_time, 1.5, 1.0, (b,)) * 0.999 + 0.001
+            x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+            sq_err = jnp.square(velocity(params, x_t, t, batch["state"]) - (noise - actions))
+            if use_action_loss:
+                return action_loss(sq_err, batch["action_is_pad"], actions, SPEC)[0]
+            return jnp.mean(sq_err)
+
+        @jax.jit
+        def step(params, opt_state, batch, key):
+            key, sub = jax.random.split(key)
+            loss, grads = jax.value_and_grad(loss_fn)(params, batch, sub)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, key, loss
+
+        return step
+
+    state = {}
+    for variant, use in (("mean", False), ("action_loss", True)):
+        step = make_step(use)
+        carry = (params, opt.init(params), jax.random.key(1))
+        for _ in range(10):  # compile and warm up
+            *carry, loss = step(*carry[:2], batch, carry[2])
+        jax.block_until_ready(loss)
+        state[variant] = (step, carry)
+
+    def run_round(variant):
+        step, carry = state[variant]
+        for _ in range(steps):
+            *carry, loss = step(*carry[:2], batch, carry[2])
+        jax.block_until_ready(loss)
+        state[variant] = (step, carry)
+
+    return {v: [x / steps for x in t] for v, t in _timed_rounds(run_round, list(state), rounds).items()}
+
+
+# --------------------------------------------------------------------------------------
+# PyTorch
+# --------------------------------------------------------------------------------------
+def torch_steps(batch, hidden: int, steps: int, rounds: int) -> dict[str, list[float]]:
+    torch.manual_seed(0)
+    b, h, d = batch["actions"].shape
+    batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+    beta = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0))
+
+    def make_model():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(h * d + batch["state"].shape[1] + 1, hidden),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden, h * d),
+        )
+        return model, torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step(model, opt, use_action_loss: bool):
+        actions = batch["actions"]
+        noise = torch.randn_like(actions)
+        t = beta.sample((b,)) * 0.999 + 0.001
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+        inputs = torch.cat([x_t.reshape(b, -1), batch["state"], t[:, None]], dim=-1)
+        sq_err = torch.square(model(inputs).reshape(b, h, d) - (noise - actions))
+        if use_action_loss:
+            loss = action_loss(sq_err, batch["action_is_pad"], actions, SPEC)[0]
+        else:
+            loss = sq_err.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    models = {"mean": make_model(), "action_loss": make_model()}
+    for variant, (model, opt) in models.items():
+        for _ in range(10):
+            step(model, opt, variant == "action_loss")
+
+    def run_round(variant):
+        model, opt = models[variant]
+        for _ in range(steps):
+            step(model, opt, variant == "action_loss")
+
+    return {v: [x / steps for x in t] for v, t in _timed_rounds(run_round, list(models), rounds).items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--horizon", type=int, default=10)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=50, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    batch = make_batch(args.batch_size, args.horizon)
+    print(
+        f"batch {args.batch_size} x horizon {args.horizon} x {MODEL_ACTION_DIM} dims, MLP hidden {args.hidden}; "
+        f"action_loss = {SPEC.strategy}/{SPEC.mask_normalization}; {args.rounds} rounds x {args.steps} steps"
+    )
+    print(
+        "ms per step; 'best' is the fastest round (least disturbed on a shared machine), 'median' the typical one"
+    )
+    print(
+        f"{'backend':10s} {'':7s} {'mean':>8s} {'action_loss':>12s} {'added':>7s} {'ratio':>7s} {'overhead':>9s}"
+    )
+    for name, run in (("jax (jit)", jax_steps), ("torch", torch_steps)):
+        times = run(batch, args.hidden, args.steps, args.rounds)
+        for stat in (min, statistics.median):
+            plain, ours = stat(times["mean"]), stat(times["action_loss"])
+            print(
+                f"{name:10s} {'best' if stat is min else 'median':7s} {plain * 1e3:8.3f} {ours * 1e3:12.3f} "
+                f"{(ours - plain) * 1e3:7.3f} {ours / plain:7.3f} {(ours / plain - 1) * 100:8.1f}%"
+            )
+
+
+if __name__ == "__main__":
+    main()
