@@ -45,7 +45,7 @@ class ToyLoader:
         self.episodes, self.ids, self.seed, self.batch_size = episodes, np.asarray(ids), seed, batch_size
         self.cursor, self.nan_at = 0, nan_at
 
-    def __iter__(self):
+    def batches(self):
         while True:  # advance before yielding: state_dict() must count the batch handed out
             self.cursor += 1
             yield self._batch(self.cursor - 1)

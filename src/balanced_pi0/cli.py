@@ -81,6 +81,19 @@ STAGES: tuple[Stage, ...] = (
             Opt("--report", "results/filter", "report folder (report.md, histograms.png)"),
         ),
     ),
+    Stage(
+        "train",
+        "train pi0 (train.backend) with the curriculum and the loss of params; resumes from the last checkpoint",
+        "balanced_pi0.train:train",
+        (
+            Opt("--dataset", "data/dataset", "LeRobot v3.0 dataset root"),
+            Opt("--split", "data/split.json", "train/val split"),
+            Opt("--arm-heavy", "data/arm_heavy.json", "arm-heavy episode list (read by arm_heavy phases)"),
+            Opt("--norm-stats", "data/norm_stats", "folder of <variant>.json norm stats"),
+            Opt("--out", "runs/train", "run folder (checkpoints/, live/, final/, metadata.json)"),
+            Opt("--stop-after", None, "stop after this many steps, as a kill would (resume by rerunning)"),
+        ),
+    ),
 )
 
 

@@ -160,7 +160,9 @@ def phase_at(curriculum: Sequence[Phase], step: int) -> Phase:
 
 
 class Loader(Protocol):
-    def __iter__(self) -> Iterator[dict]: ...
+    """``data.loader.ChunkLoader``'s resumable view: endless batches and a position."""
+
+    def batches(self) -> Iterator[dict]: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
 
@@ -187,7 +189,7 @@ class CurriculumBatches:
         phase = phase_at(self.curriculum, step)
         loader = self._loader(phase)
         if phase.index not in self._iters:
-            self._iters[phase.index] = iter(loader)
+            self._iters[phase.index] = loader.batches()
         return phase, next(self._iters[phase.index])
 
     def state_dict(self) -> dict:
@@ -437,3 +439,79 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------
+def train(
+    params: _config.Params,
+    dataset: str = "data/dataset",
+    split: str = "data/split.json",
+    arm_heavy: str = "data/arm_heavy.json",
+    norm_stats: str = "data/norm_stats",
+    out: str = "runs/train",
+    stop_after: str | int | None = None,
+) -> None:
+    """``bpi0 train``: train ``params.train.backend`` on the dataset into ``out``.
+
+    Writes ``out/checkpoints/step_N/`` (resumed from on a rerun), ``out/live/`` (dvclive
+    metrics and plots), ``out/metadata.json`` and, at the end, ``out/final/params.npz``
+    (EMA params by openpi path). ``stop_after`` ends the run early at that step, as a kill would.
+    """
+    from balanced_pi0.data.loader import ChunkLoader
+    from balanced_pi0.policy_io import PolicyIO
+
+    tc = params.train
+    needs_arm_heavy = any(p.episodes == "arm_heavy" for p in tc.curriculum)
+    sets = load_episode_sets(split, arm_heavy if needs_arm_heavy else None)
+    curriculum = build_curriculum(tc.curriculum, sets)
+    policy_io = PolicyIO.from_params(params, norm_stats)
+    real_action_dim = params.layout.build().real_action_dim
+
+    def make_loader(episodes: np.ndarray, seed: int) -> ChunkLoader:
+        return ChunkLoader(
+            dataset,
+            action_horizon=params.model.action_horizon,
+            batch_size=tc.batch_size,
+            episodes=episodes.tolist(),
+            cameras=params.dataset.cameras,
+            seed=seed,
+            action_dim=real_action_dim,
+        )
+
+    run_dir = Path(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    backend = make_backend(params)
+    _write_json(RunPaths(run_dir).metadata, run_metadata(params, curriculum, norm_stats))
+    run_loop(
+        params,
+        backend,
+        CurriculumBatches(curriculum, make_loader, tc.seed),
+        policy_io.model_batch,
+        run_dir,
+        stop_after=None if stop_after in (None, "") else int(stop_after),
+    )
+
+
+def run_metadata(params: _config.Params, curriculum: Sequence[Phase], norm_stats: str) -> dict:
+    """What a reader needs to trust the run; no clock, no host names."""
+    from importlib.metadata import version
+
+    libs = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "torch", "numpy", "lerobot")
+    return {
+        "backend": params.train.backend,
+        "params": _config.to_dict(params),
+        "norm_stats": f"{params.train.norm_stats}.json",
+        "curriculum": [
+            {
+                "phase": p.index,
+                "steps": [p.start, p.stop],
+                "episodes": p.source,
+                "num_episodes": len(p.episodes),
+            }
+            for p in curriculum
+        ],
+        "versions": {lib: version(lib) for lib in libs},
+        "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")},
+    }
