@@ -15,6 +15,7 @@ from balanced_pi0.backends.torch.convert import (
     jax_param_shapes,
     jax_to_torch,
     load_jax_params,
+    pi0_from_jax,
     torch_param_shapes,
     torch_to_jax,
 )
@@ -125,3 +126,14 @@ def test_wrong_shape_is_an_input_error():
     src["action_out_proj/kernel"] = src["action_out_proj/kernel"][:, :5]
     with pytest.raises(InputError, match="action_out_proj/kernel"):
         jax_to_torch(src, TINY)
+
+
+def test_pi0_from_jax_assigns_views_and_computes_the_same():
+    src = _random_jax_params(TINY, seed=3)
+    table = src["PaliGemma/llm/embedder/input_embedding"]
+    copied = Pi0(TINY)
+    load_jax_params(copied, {k: v.copy() for k, v in src.items()})
+    assigned = pi0_from_jax(src, TINY)
+    assert np.shares_memory(assigned.llm.embed_tokens.weight.detach().numpy(), table)
+    for (name, a), b in zip(assigned.state_dict().items(), copied.state_dict().values(), strict=True):
+        assert a.device.type == "cpu" and torch.equal(a, b), name

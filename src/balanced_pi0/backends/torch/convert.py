@@ -24,6 +24,7 @@ import ml_dtypes
 import numpy as np
 import torch
 
+from balanced_pi0.backends.torch.pi0 import Pi0
 from balanced_pi0.errors import InputError
 from balanced_pi0.model_config import Pi0Config
 
@@ -287,11 +288,23 @@ def torch_to_jax(state_dict: MutableMapping[str, torch.Tensor], config: Pi0Confi
     return out
 
 
-def load_jax_params(model: torch.nn.Module, flat: MutableMapping[str, np.ndarray]) -> None:
-    """Load openpi params into ``model`` (a ``Pi0``) by name; ``flat`` is consumed."""
+def load_jax_params(model: Pi0, flat: MutableMapping[str, np.ndarray]) -> None:
+    """Copy openpi params into ``model`` (a ``Pi0``) by name; ``flat`` is consumed."""
     model.load_state_dict(jax_to_torch(flat, model.config), strict=True)
 
 
-def export_jax_params(model: torch.nn.Module) -> dict[str, np.ndarray]:
+def pi0_from_jax(flat: MutableMapping[str, np.ndarray], config: Pi0Config) -> Pi0:
+    """A ``Pi0`` whose params *are* the converted arrays (views where possible); ``flat`` is consumed.
+
+    The model is built on the meta device and the tensors are assigned, not copied, so
+    loading a full-size checkpoint costs no second copy of the weights.
+    """
+    with torch.device("meta"):
+        model = Pi0(config)
+    model.load_state_dict(jax_to_torch(flat, config), strict=True, assign=True)
+    return model
+
+
+def export_jax_params(model: Pi0) -> dict[str, np.ndarray]:
     """``model``'s params as openpi's flat JAX tree (fresh float arrays)."""
     return torch_to_jax(dict(model.state_dict()), model.config)
