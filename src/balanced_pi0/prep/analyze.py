@@ -155,8 +155,8 @@ def scatter_figure(motions: list[EpisodeMotion]):
     ax = fig.subplots()
     ax.scatter([m.base_distance for m in motions], [m.arm_motion for m in motions], s=12)
     ax.set_xlabel("base distance travelled per episode (m)")
-    ax.set_ylabel(f"arm path length per episode (rad, {' + '.join(ARM_GROUPS)})")
-    ax.set_title("Arm vs base motion per training episode")
+    ax.set_ylabel("arm path length per episode (rad)")
+    ax.set_title(f"Per training episode: {' + '.join(ARM_GROUPS)} vs base", fontsize=10)
     return fig
 
 

@@ -87,7 +87,11 @@ def histogram_figure(scores: list[dict], cfg):
     ax_r, ax_a = fig.subplots(1, 2)
     ratio = np.array([s["ratio"] for s in scores])
     arm = np.array([s["arm_motion"] for s in scores])
-    ax_r.hist(ratio, bins=cfg.bins)
+    # ratios span orders of magnitude (a still base floors the denominator): log bins
+    lo = min(ratio[ratio > 0].min(initial=cfg.ratio_threshold), cfg.ratio_threshold) / 2
+    hi = max(ratio.max(), cfg.ratio_threshold) * 2
+    ax_r.hist(np.clip(ratio, lo, None), bins=np.geomspace(lo, hi, cfg.bins + 1))
+    ax_r.set_xscale("log")
     ax_r.axvline(cfg.ratio_threshold, color="k", linestyle="--", label="ratio_threshold")
     ax_r.set_xlabel("arm motion / base distance (rad/m) per episode")
     ax_r.legend(fontsize=7)
