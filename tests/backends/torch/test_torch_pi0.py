@@ -220,16 +220,21 @@ def test_init_is_deterministic():
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-@torch.no_grad()
 def test_bf16_compute_keeps_float32_params():
     model = _tiny_model()
     bf16 = _tiny_model(dtype="bfloat16")
     obs = _tiny_obs(model.config)
     x_t, t = torch.randn((2, 10, 32)), torch.tensor([0.3, 0.7])
-    v32, v16 = model.velocity(obs, x_t, t), bf16.velocity(obs, x_t, t)
-    assert all(p.dtype == torch.float32 for p in bf16.parameters())
+    with torch.no_grad():
+        v32, v16 = model.velocity(obs, x_t, t), bf16.velocity(obs, x_t, t)
     assert v16.dtype == torch.float32
     assert 1e-5 < rel_err(v16, v32) < 5e-2  # really computed in bf16, and still the same function
+    bf16.compute_loss(obs, x_t, torch.randn_like(x_t), t).mean().backward()
+    assert all(
+        p.dtype == torch.float32 and p.grad.dtype == torch.float32
+        for p in bf16.parameters()
+        if p.grad is not None
+    )
 
 
 def test_missing_camera_is_an_input_error():

@@ -33,7 +33,8 @@ Array = torch.Tensor
 
 # --- layout transforms: one JAX (per-layer) array <-> one torch tensor ------------------
 # Each pair is (to_torch(x), to_jax(t, jax_shape)); to_jax(to_torch(x), x.shape) == x exactly.
-def _same() -> tuple[Callable, Callable]:
+def _flat() -> tuple[Callable, Callable]:
+    """Per-head bias [heads, H] <-> Linear bias [heads·H]."""
     return (lambda x: x.reshape(-1) if x.dim() > 1 else x), (lambda t, shape: t.reshape(shape))
 
 
@@ -127,7 +128,7 @@ def _vision_rules(config: Pi0Config) -> list[Rule]:
         shape = (n, w, heads, w // heads)
         out.append(Rule(f"{mha}/{jax_name}/kernel", (f"{tb}.attn.{proj}.weight",), shape, _dense(1), True))
         out.append(
-            Rule(f"{mha}/{jax_name}/bias", (f"{tb}.attn.{proj}.bias",), (n, heads, w // heads), _same(), True)
+            Rule(f"{mha}/{jax_name}/bias", (f"{tb}.attn.{proj}.bias",), (n, heads, w // heads), _flat(), True)
         )
     shape = (n, heads, w // heads, w)
     out.append(Rule(f"{mha}/out/kernel", (f"{tb}.attn.out_proj.weight",), shape, _dense(2), True))
@@ -226,9 +227,7 @@ def _check_names(got: MutableMapping, expected: dict[str, tuple[int, ...]], side
     unknown = sorted(set(got) - set(expected))
     if missing or unknown:
         raise InputError(f"{side} params do not match the model: missing {missing}, unknown {unknown}")
-    bad = [
-        f"{k}: {tuple(got[k].shape)} != {s}" for k, s in expected.items() if s and tuple(got[k].shape) != s
-    ]
+    bad = [f"{k}: {tuple(got[k].shape)} != {s}" for k, s in expected.items() if tuple(got[k].shape) != s]
     if bad:
         raise InputError(f"{side} params have wrong shapes: {bad}")
 
@@ -244,14 +243,9 @@ def _from_numpy(a) -> torch.Tensor:
 
 def _to_numpy(t: torch.Tensor, fresh: bool) -> np.ndarray:
     """``t`` as a numpy array that owns its memory (copied unless ``fresh``: made by us, unshared)."""
-    t = t.detach().cpu()
-    a = (
-        t.contiguous().view(torch.uint16).numpy().view(ml_dtypes.bfloat16)
-        if t.dtype == torch.bfloat16
-        else None
-    )
-    a = t.contiguous().numpy() if a is None else a
-    return a if fresh and t.is_contiguous() else a.copy()
+    t = t.detach().cpu().contiguous()
+    a = t.view(torch.uint16).numpy().view(ml_dtypes.bfloat16) if t.dtype == torch.bfloat16 else t.numpy()
+    return a if fresh else a.copy()
 
 
 def jax_to_torch(flat: MutableMapping[str, np.ndarray], config: Pi0Config) -> dict[str, torch.Tensor]:
@@ -283,8 +277,8 @@ def torch_to_jax(state_dict: MutableMapping[str, torch.Tensor], config: Pi0Confi
         parts = [rule.transform[1](state_dict.pop(n), part_shape) for n in names]
         k = len(rule.torch)
         layers = [torch.stack(parts[i : i + k]) if k > 1 else parts[i] for i in range(0, len(parts), k)]
-        stacked = rule.stacked or k > 1  # then torch.stack made a fresh tensor
-        out[rule.jax] = _to_numpy(torch.stack(layers) if rule.stacked else layers[0], fresh=stacked)
+        fresh = rule.stacked or k > 1  # torch.stack made it: nothing else holds this memory
+        out[rule.jax] = _to_numpy(torch.stack(layers) if rule.stacked else layers[0], fresh=fresh)
     return out
 
 
