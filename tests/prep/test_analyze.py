@@ -73,10 +73,15 @@ def test_stage_writes_metrics_and_plots_with_deterministic_bytes(tmp_path, r1pro
     root, split, _ = r1pro_dataset
     code, out = _run(tmp_path, root, split, "a")
     assert code == 0
-    names = ["histograms_normalised.png", "histograms_raw.png", "metrics.json", "motion_scatter.png"]
+    names = ["histograms.json", "histograms_normalised.png", "histograms_raw.png", "metrics.json"]
+    names.append("motion_scatter.png")
     assert sorted(p.name for p in out.iterdir()) == names
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["episodes"] == 5  # the training episodes only
+    hist = json.loads((out / "histograms.json").read_text())["groups"]["left_arm"]["raw"]["motion"][
+        "histogram"
+    ]
+    assert sum(hist["counts"]) == 5 and "histogram" not in metrics["groups"]["left_arm"]["raw"]["motion"]
     _, out_b = _run(tmp_path, root, split, "b")
     for name in names:
         assert (out / name).read_bytes() == (out_b / name).read_bytes(), name

@@ -9,7 +9,8 @@ as in the norm stats; values are also centred on the mean):
 - ``motion``: per episode, joint-space path length (base: distance travelled, see
   ``prep.motion``); the base's rotation is reported beside it.
 
-Writes ``metrics.json`` (DVC metrics), ``histograms_raw.png``,
+Writes ``metrics.json`` (DVC metrics: scalar summaries), ``histograms.json`` (the
+same tree holding only the histograms, for replotting), ``histograms_raw.png``,
 ``histograms_normalised.png`` and ``motion_scatter.png`` (per-episode arm motion
 against base travel), and suggests group weights by the rule in ``WEIGHT_RULE``.
 """
@@ -132,6 +133,18 @@ def analyze(
 # --------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------
+def split_histograms(node):
+    """Remove every ``histogram`` entry from the tree ``node``; return them in a tree of the same shape."""
+    if not isinstance(node, dict):
+        return None
+    out = {"histogram": node.pop("histogram")} if "histogram" in node else {}
+    for key, child in node.items():
+        sub = split_histograms(child)
+        if sub:
+            out[key] = sub
+    return out
+
+
 def histogram_figure(groups: dict, unit: str):
     names = list(groups)
     # a fixed grid: constrained layout costs seconds per figure at 6 x 3 panels
@@ -141,7 +154,7 @@ def histogram_figure(groups: dict, unit: str):
     for row, name in enumerate(names):
         for col, key in enumerate(titles):
             ax, s = axes[row, col], groups[name][unit][key]
-            if s["count"]:
+            if "histogram" in s:
                 h = s["histogram"]
                 ax.stairs(h["counts"], h["edges"], fill=True)
             ax.set_title(f"{name}: {titles[key]}", fontsize=8)
@@ -174,7 +187,9 @@ def run(params, dataset: str = "data/dataset", split: str = "data/split.json", o
     )
     figures = {f"histograms_{u}.png": histogram_figure(metrics["groups"], u) for u in UNITS}
     figures["motion_scatter.png"] = scatter_figure(motions["raw"])
+    histograms = split_histograms(metrics)
     out = Path(out)
     io.write_json(out / "metrics.json", metrics)
+    io.write_json(out / "histograms.json", histograms)
     for name, fig in figures.items():
         io.save_png(fig, out / name)
