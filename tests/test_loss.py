@@ -209,6 +209,16 @@ def test_gradients_agree_between_jax_and_torch_and_equal_the_weights(strategy, m
     np.testing.assert_allclose(e_torch.grad.numpy(), coef, rtol=1e-6, atol=1e-12)
 
 
+def test_low_precision_errors_are_reduced_in_float32():
+    spec = make_spec("per_group", "token")
+    e, pad, a = random_batch(8, width=32)
+    e_bf16 = jnp.asarray(e, dtype=jnp.bfloat16)
+    loss, _ = action_loss(e_bf16, jnp.asarray(pad), None, spec)
+    assert loss.dtype == jnp.float32
+    want = reference(np.asarray(e_bf16.astype(jnp.float32)), pad, a, spec)[0]
+    np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+
+
 def test_weights_carry_no_gradient():
     spec = make_spec("delta", "token")
     e, pad, a = random_batch(3, b_size=3, horizon=8, width=32)

@@ -69,6 +69,7 @@ in ``_stop_gradient``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Mapping, Sequence
@@ -209,7 +210,7 @@ def action_loss(sq_err, action_is_pad, actions, spec: LossSpec) -> tuple[Any, di
     xp = array_namespace(*(x for x in (sq_err, action_is_pad, actions) if x is not None))
     _check_inputs(xp, sq_err, action_is_pad, actions, spec)
     dtype = xp.result_type(sq_err.dtype, xp.float32)  # never accumulate in bf16
-    real, groups, static_w, group_size, num_real = _constants(
+    real, groups, w_fixed, group_size, num_real = _constants(
         xp, spec, sq_err.shape[-1], dtype, device(sq_err)
     )
     mode = spec.mask_normalization
@@ -220,10 +221,10 @@ def action_loss(sq_err, action_is_pad, actions, spec: LossSpec) -> tuple[Any, di
     # Renormalising over the batch's valid elements gives the host's numbers (mean 1 over the real
     # dims) whenever a step is valid: every valid step holds all real dims, and delta's motion factor
     # averages 1 per group over the valid steps. Without a valid step, the loss is 0 whatever w is.
-    w = static_w
+    w = w_fixed  # the strategy's fixed weights, mean 1 over the real dims
     if spec.strategy == "delta":
         motion = _motion_factor(xp, spec, xp.astype(actions, dtype, copy=False), step_valid, groups)
-        w = _stop_gradient(xp, static_w * motion)  # weights are data: the gradient stops where they are made
+        w = _stop_gradient(xp, w_fixed * motion)  # weights are data: the gradient stops where they are made
 
     # `where`, not a product: a non-finite error on a masked element must not leak in.
     e = xp.where(valid, xp.astype(sq_err, dtype, copy=False), 0.0)
@@ -293,11 +294,11 @@ def _layout_arrays(spec: LossSpec, width: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 def _constants(xp, spec: LossSpec, width: int, dtype, dev):
-    real, groups, static_w, group_size = _layout_arrays(spec, width)
+    real, groups, w_fixed, group_size = _layout_arrays(spec, width)
     return (
         xp.asarray(real, device=dev),
         xp.asarray(groups, dtype=dtype, device=dev),
-        xp.asarray(static_w, dtype=dtype, device=dev),
+        xp.asarray(w_fixed, dtype=dtype, device=dev),
         xp.asarray(group_size, dtype=dtype, device=dev),
         xp.asarray([spec.layout.real_action_dim], dtype=dtype, device=dev),
     )
@@ -365,4 +366,4 @@ def preset_config(name: str, base: _config.LossConfig | None = None) -> _config.
     """``base`` (default: the default LossConfig) with preset ``name``'s weighting fields."""
     if name not in PRESETS:
         raise LossSpecError(f"loss preset: unknown {name!r}; presets are {sorted(PRESETS)}")
-    return replace(base or _config.LossConfig(), **PRESETS[name])
+    return replace(base or _config.LossConfig(), **copy.deepcopy(PRESETS[name]))
