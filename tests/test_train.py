@@ -196,13 +196,21 @@ def toy_api(backend: str):
             pure = nnx.state(model, nnx.Param).to_pure_dict()
             return {f"net/{k}": np.asarray(v) for k, v in pure["net"].items()}
 
-        return ModelApi(build=jax_model, observation=dict, export=export)
+        def load(model, flat):
+            nnx.update(model, nnx.State({"net": {k.split("/")[1]: v for k, v in flat.items()}}))
+
+        return ModelApi(build=jax_model, observation=dict, export=export, load=load)
     from balanced_pi0.backends.torch.train_step import ModelApi
 
     def export_torch(model):
         return {n: p.detach().numpy() for n, p in model.named_parameters()}
 
-    return ModelApi(build=torch_model, observation=dict, export=export_torch)
+    def load_torch(model, flat):
+        import torch
+
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in flat.items()}, strict=True)
+
+    return ModelApi(build=torch_model, observation=dict, export=export_torch, load=load_torch)
 
 
 def make_backend(params):
@@ -391,3 +399,78 @@ def test_sample_returns_a_chunk_from_the_trained_params(backend, tmp_path):
     noise = train.flow_noise(0, 0, 3, HORIZON, 32)[0]
     actions = b.sample(obs, noise, num_steps=5)
     assert actions.shape == (3, HORIZON, 32) and np.all(np.isfinite(actions))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_init_from_starts_from_the_given_params(backend, tmp_path):
+    params = make_params(backend)
+    run(params, tmp_path / "a")
+    flat = train.load_params_npz(tmp_path / "a" / "final" / "params.npz")
+    b = make_backend(params)
+    b.init(flat)
+    b.export(tmp_path / "b")  # the EMA starts at the loaded params
+    again = train.load_params_npz(tmp_path / "b" / "params.npz")
+    assert again.keys() == flat.keys()
+    for k in flat:
+        np.testing.assert_array_equal(again[k], flat[k])
+
+
+# --------------------------------------------------------------------------------------
+# The real tiny pi0 (slow: model construction and compilation take tens of seconds)
+# --------------------------------------------------------------------------------------
+def pi0_params(backend: str, **train_overrides) -> _config.Params:
+    return _config.from_dict(
+        {
+            "model": {
+                "size": "tiny",
+                "action_horizon": HORIZON,
+                "image_resolution": RES,
+                "max_token_len": 24,
+            },
+            "dataset": {"cameras": ["head"]},
+            "train": {"backend": backend, "batch_size": 3, **train_overrides},
+        }
+    )
+
+
+def pi0_batch(step: int) -> dict:
+    from balanced_pi0.model_config import CAMERAS
+    from balanced_pi0.tokenizer import ByteTokenizer
+
+    episodes = make_episodes()
+    io = policy_io(episodes)
+    io = PolicyIO(**{**io.__dict__, "model_cameras": CAMERAS, "tokenize": ByteTokenizer(24).tokenize})
+    batch = io.model_batch(ToyLoader(episodes, np.arange(6), 0)._batch(step))
+    batch["noise"], batch["time"] = train.flow_noise(0, step, 3, HORIZON, 32)
+    return batch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pi0_loss_falls_on_a_fixed_batch(backend):
+    params = pi0_params(backend, optimizer={"warmup_steps": 0, "decay_steps": 40, "peak_lr": 1e-3})
+    b = train.make_backend(params)
+    b.init()
+    batch = pi0_batch(0)
+    losses = [b.train_step(batch, s)["loss"] for s in range(30)]
+    assert losses[-1] < 0.3 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_jax_and_torch_from_the_same_params_take_the_same_steps():
+    """Same initial params, batches and noise: the two optimisers follow each other step by step."""
+    opt = {"warmup_steps": 2, "decay_steps": 20, "peak_lr": 1e-3}
+    jax_b = train.make_backend(pi0_params("jax", optimizer=opt))
+    jax_b.init()
+    initial = jax_b.api.export(jax_b.model())
+    torch_b = train.make_backend(pi0_params("torch", optimizer=opt))
+    torch_b.init(initial)
+    for step in range(6):
+        batch = pi0_batch(step)
+        a, b = jax_b.train_step(batch, step), torch_b.train_step(batch, step)
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-3), (step, a["loss"], b["loss"])
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=2e-3), (
+            step,
+            a["grad_norm"],
+            b["grad_norm"],
+        )

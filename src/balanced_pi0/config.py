@@ -194,6 +194,8 @@ class TrainConfig:
     seed: int = 0
     batch_size: int = Field(16, gt=0)
     norm_stats: NormVariant = "standard"
+    #: params to start from (an openpi-path ``.npz``, e.g. another run's final/params.npz); null = random init
+    init_from: str | None = None
     loss: LossConfig = Field(default_factory=LossConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     curriculum: list[PhaseConfig] = Field(default_factory=lambda: [PhaseConfig(steps=400)])

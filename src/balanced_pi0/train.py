@@ -55,8 +55,8 @@ class Backend(Protocol):
 
     name: str
 
-    def init(self) -> None:
-        """Fresh model, optimiser and EMA from the params seed."""
+    def init(self, initial: Mapping[str, np.ndarray] | None = None) -> None:
+        """Fresh model (from the params seed, or ``initial`` params by openpi path), optimiser and EMA."""
 
     def train_step(self, batch: Mapping[str, Any], step: int) -> dict[str, Any]:
         """One optimiser step at learning rate ``learning_rate(step)``; returns scalars:
@@ -339,6 +339,7 @@ def run_loop(
     *,
     stop_after: int | None = None,
     progress: bool = True,
+    initial_params: Mapping[str, np.ndarray] | None = None,
 ) -> int:
     """Train from the newest checkpoint in ``run_dir`` (or from scratch) to the end of the
     curriculum, or to step ``stop_after`` (to simulate a kill). Returns the last step reached."""
@@ -346,7 +347,7 @@ def run_loop(
     paths = RunPaths(Path(run_dir))
     total = tc.total_steps
     remove_partial_checkpoints(paths.checkpoints)
-    backend.init()
+    backend.init(initial_params)
     start = _resume(paths.checkpoints, backend, batches)
     end = total if stop_after is None else min(stop_after, total)
     logger = Logger(paths.live, start, total, enabled=progress)
@@ -422,6 +423,8 @@ def save_params_npz(path: Path, params: Mapping[str, np.ndarray]) -> None:
 
 
 def load_params_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise InputError(f"{path}: params file not found (train.init_from)")
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
 
@@ -491,6 +494,7 @@ def train(
         policy_io.model_batch,
         run_dir,
         stop_after=None if stop_after in (None, "") else int(stop_after),
+        initial_params=None if tc.init_from is None else load_params_npz(Path(tc.init_from)),
     )
 
 

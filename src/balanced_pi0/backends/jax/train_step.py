@@ -94,8 +94,10 @@ class JaxBackend:
         self.state: TrainState | None = None
 
     # --- lifecycle -------------------------------------------------------------------
-    def init(self) -> None:
+    def init(self, initial: Mapping[str, np.ndarray] | None = None) -> None:
         model = self.api.build(self.model_config, nnx.Rngs(self.seed))
+        if initial is not None:
+            self.api.load(model, initial)
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
         ema = jax.tree.map(jnp.copy, params) if self.opt.ema_decay is not None else None
         self.state = TrainState(params, self.tx.init(params), ema)
@@ -167,16 +169,18 @@ class ModelApi:
     build: Callable[[model_config.Pi0Config, nnx.Rngs], nnx.Module]
     observation: Callable[[Mapping], Any]
     export: Callable[[nnx.Module], dict[str, np.ndarray]]
+    load: Callable[[nnx.Module, Mapping[str, np.ndarray]], None]
 
 
 def pi0_api() -> ModelApi:
-    from balanced_pi0.backends.jax.params import export_params
+    from balanced_pi0.backends.jax.params import export_params, load_params
     from balanced_pi0.backends.jax.pi0 import Observation, Pi0
 
     return ModelApi(
         build=lambda cfg, rngs: Pi0(cfg, rngs=rngs),
         observation=lambda d: Observation(**d),
         export=export_params,
+        load=load_params,
     )
 
 

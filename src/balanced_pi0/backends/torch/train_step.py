@@ -59,9 +59,12 @@ class TorchBackend:
         self.api = model_api or pi0_api()
 
     # --- lifecycle -------------------------------------------------------------------
-    def init(self) -> None:
+    def init(self, initial: Mapping[str, np.ndarray] | None = None) -> None:
         torch.manual_seed(self.seed)  # parameter initialisation draws from the global generator
-        self.model = self.api.build(self.model_config).to(self.device)
+        self.model = self.api.build(self.model_config)
+        if initial is not None:
+            self.api.load(self.model, dict(initial))  # openpi names; the converter consumes its input
+        self.model.to(self.device)
         self.model.train()
         opt = self.opt
         self.optimizer = torch.optim.AdamW(
@@ -183,13 +186,16 @@ class ModelApi:
     build: Callable[[model_config.Pi0Config], torch.nn.Module]
     observation: Callable[[Mapping], Any]
     export: Callable[[torch.nn.Module], dict[str, np.ndarray]]
+    load: Callable[[torch.nn.Module, dict[str, np.ndarray]], None]
 
 
 def pi0_api() -> ModelApi:
-    from balanced_pi0.backends.torch.convert import export_jax_params
+    from balanced_pi0.backends.torch.convert import export_jax_params, load_jax_params
     from balanced_pi0.backends.torch.pi0 import Observation, Pi0
 
-    return ModelApi(build=Pi0, observation=lambda d: Observation(**d), export=export_jax_params)
+    return ModelApi(
+        build=Pi0, observation=lambda d: Observation(**d), export=export_jax_params, load=load_jax_params
+    )
 
 
 def make_backend(params: _config.Params, **kwargs) -> TorchBackend:
