@@ -40,3 +40,22 @@ def test_set_overrides(tmp_path, capsys):
     assert cli.main(["layout", "--params", str(p), "-S", "train.loss.group_weights={base: 2}"]) == 0
     w = json.loads(capsys.readouterr().out)["effective_dimension_weights"]
     assert w[0] == pytest.approx(2 * w[3], rel=1e-5)
+
+
+def test_per_run_stages_take_variant_and_seed(tmp_path, monkeypatch):
+    p = tmp_path / "params.yaml"
+    p.write_text("ablation:\n  seeds: [0, 1]\n  variants: {main: {}, delta: {train.loss.strategy: delta}}\n")
+    seen = _SEEN
+    monkeypatch.setattr(cli, "STAGES", (cli.Stage("probe", "probe", f"{__name__}:_probe", per_run=True),))
+    assert cli.main(["probe", "--params", str(p), "--variant", "delta", "--seed", "1"]) == 0
+    assert seen["params"].train.loss.strategy == "delta" and seen["params"].train.seed == 1
+    assert cli.main(["probe", "--params", str(p), "--seed", "3"]) == 0
+    assert seen["params"].train.loss.strategy == "uniform" and seen["params"].train.seed == 3
+    assert cli.main(["probe", "--params", str(p), "--variant", "nope"]) == 2
+
+
+_SEEN: dict = {}
+
+
+def _probe(params):
+    _SEEN["params"] = params

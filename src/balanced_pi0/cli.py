@@ -32,6 +32,8 @@ class Stage:
     #: ``module:function`` called as ``function(params, **options)``
     target: str
     options: tuple[Opt, ...] = field(default_factory=tuple)
+    #: one run of the ablation matrix: takes --variant and --seed (``config.for_run``)
+    per_run: bool = False
 
 
 # The pipeline, in order. Paths are the DVC stage outputs (see dvc.yaml).
@@ -93,6 +95,7 @@ STAGES: tuple[Stage, ...] = (
             Opt("--out", "runs/train", "run folder (checkpoints/, live/, final/, metadata.json)"),
             Opt("--stop-after", None, "stop after this many steps, as a kill would (resume by rerunning)"),
         ),
+        per_run=True,
     ),
 )
 
@@ -126,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a param, e.g. -S train.loss.strategy=delta (value parsed as YAML)",
         )
+        if st.per_run:
+            p.add_argument("--variant", default=None, help="ablation variant (ablation.variants); default: none")
+            p.add_argument("--seed", type=int, default=None, help="run seed (sets train.seed)")
         for o in st.options:
             p.add_argument(o.flag, default=o.default, help=f"{o.help} (default: %(default)s)")
     return parser
@@ -147,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stage = next(s for s in STAGES if s.name == args.stage)
     try:
-        params = _config.load(args.params, _overrides(args.set))
+        overrides = _overrides(args.set)
+        if stage.per_run and args.seed is not None:
+            overrides["train.seed"] = args.seed
+        params = _config.load(args.params, overrides)
+        if stage.per_run and args.variant is not None:
+            params = _config.for_run(params, args.variant, params.train.seed)
     except _config.ConfigError as e:
         print(f"bpi0 {stage.name}: {e}", file=sys.stderr)
         return 2
