@@ -1,14 +1,16 @@
 """Arm-heavy filtering: whole training episodes scored by arm vs base motion."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from balanced_pi0 import cli
+from balanced_pi0.data.writer import EPISODES_SIDECAR
 from balanced_pi0.errors import InputError
 from balanced_pi0.groups import R1PRO
-from balanced_pi0.prep.filter import score_episodes, select_arm_heavy
+from balanced_pi0.prep.filter import agreement, score_episodes, select_arm_heavy
 
 from .conftest import columns
 
@@ -72,6 +74,7 @@ def test_stage_selects_train_reaching_episodes_deterministically(tmp_path, r1pro
     for s in doc["scores"]:
         assert s["ratio"] == pytest.approx(_independent_scores(episodes[s["episode"]])[2], rel=1e-6)
     assert (report / "report.md").read_text().count("2 of 5 training episodes") == 1
+    assert "agreement_with_generator" not in doc  # this dataset does not say how it was generated
     _, out_b, report_b = _run(tmp_path, root, split, "b")
     assert out.read_bytes() == out_b.read_bytes()
     assert (report / "histograms.png").read_bytes() == (report_b / "histograms.png").read_bytes()
@@ -83,3 +86,29 @@ def test_stage_empty_selection_exits_2_and_writes_nothing(tmp_path, r1pro_datase
     assert code == 2
     assert "no arm-heavy episode at threshold 1e+06: max ratio is" in capsys.readouterr().err
     assert not out.exists() and not report.exists()
+
+
+def test_agreement_with_the_generator_labels(r1pro_episodes):
+    scores = score_episodes(columns(r1pro_episodes), R1PRO, min_base_motion=0.05)
+    chosen = select_arm_heavy(scores, ratio_threshold=1.0, min_arm_motion=0.5)
+    assert chosen == [1, 3, 5]
+    labels = {0: False, 1: True, 2: True, 3: True, 4: False, 5: False}
+    assert agreement(chosen, scores, labels) == {
+        "both": 2,
+        "filter_only": 1,
+        "generator_only": 1,
+        "neither": 2,
+    }
+
+
+def test_stage_compares_with_the_generator_when_the_dataset_records_it(tmp_path, r1pro_dataset):
+    root, split, _ = r1pro_dataset
+    copy = tmp_path / "labelled"
+    shutil.copytree(root, copy)
+    facts = [{"episode_index": e, "arm_heavy": e in (1, 3, 4, 5)} for e in range(6)]
+    (copy / EPISODES_SIDECAR).write_text(json.dumps(facts))
+    code, out, report = _run(tmp_path, copy, split, "labelled")
+    assert code == 0
+    expected = {"both": 2, "filter_only": 0, "generator_only": 1, "neither": 2}  # train episodes 0..4
+    assert json.loads(out.read_text())["agreement_with_generator"] == expected
+    assert "against the generator's arm-heavy placements" in (report / "report.md").read_text()

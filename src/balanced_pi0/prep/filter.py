@@ -10,15 +10,19 @@ and still arms give a large ratio of nothing).
 
 Writes ``arm_heavy.json`` (the arm-heavy list, the criteria and every training
 episode's scores; training's curriculum reads it with ``split.json``), and in the
-report folder ``report.md`` and ``histograms.png``.
+report folder ``report.md`` and ``histograms.png``. When the dataset records how
+each episode was generated (the embedded task's ``arm_heavy`` placement, in the
+writer's episode sidecar), the selection is compared with it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
+from balanced_pi0.data.writer import EPISODES_SIDECAR
 from balanced_pi0.errors import InputError
 from balanced_pi0.groups import GroupLayout
 from balanced_pi0.prep import io
@@ -59,6 +63,35 @@ def select_arm_heavy(scores: list[dict], ratio_threshold: float, min_arm_motion:
             f"(filter.ratio_threshold, filter.min_arm_motion)"
         )
     return chosen
+
+
+def generator_labels(dataset: str | Path) -> dict[int, bool] | None:
+    """``{episode: arm_heavy}`` as the sim generator placed the target, if the dataset records it."""
+    path = Path(dataset) / EPISODES_SIDECAR
+    if not path.exists():
+        return None
+    facts = json.loads(path.read_text())
+    if not all("arm_heavy" in f for f in facts):
+        return None
+    return {int(f["episode_index"]): bool(f["arm_heavy"]) for f in facts}
+
+
+def agreement(chosen: list[int], scores: list[dict], labels: dict[int, bool]) -> dict[str, int]:
+    """Counts of training episodes by (filter says arm-heavy, generator placed it within reach)."""
+    chosen_set, out = set(chosen), {"both": 0, "filter_only": 0, "generator_only": 0, "neither": 0}
+    for s in scores:
+        ours, theirs = s["episode"] in chosen_set, labels[s["episode"]]
+        key = (
+            "both"
+            if ours and theirs
+            else "filter_only"
+            if ours
+            else "generator_only"
+            if theirs
+            else "neither"
+        )
+        out[key] += 1
+    return out
 
 
 def filter_document(scores: list[dict], chosen: list[int], cfg) -> dict:
@@ -122,6 +155,11 @@ def report_markdown(doc: dict) -> str:
             f"- ratio (rad/m), 10th / 50th / 90th percentile: {q(ratio)}",
             f"- arm motion (rad), 10th / 50th / 90th percentile: {q(arm)}",
             f"- episodes: {doc['episodes']}",
+            *(
+                [f"- against the generator's arm-heavy placements: {doc['agreement_with_generator']}"]
+                if "agreement_with_generator" in doc
+                else []
+            ),
             "",
             "![ratio and arm-motion histograms](histograms.png)",
             "",
@@ -140,7 +178,11 @@ def run(
     cfg = params.filter
     data = io.load_train(dataset, split)
     scores = score_episodes(data, params.layout.build(), cfg.min_base_motion)
-    doc = filter_document(scores, select_arm_heavy(scores, cfg.ratio_threshold, cfg.min_arm_motion), cfg)
+    chosen = select_arm_heavy(scores, cfg.ratio_threshold, cfg.min_arm_motion)
+    doc = filter_document(scores, chosen, cfg)
+    labels = generator_labels(dataset)
+    if labels is not None:
+        doc["agreement_with_generator"] = agreement(chosen, scores, labels)
     fig = histogram_figure(scores, cfg)
     io.write_json(out, doc)
     io.write_text(Path(report) / "report.md", report_markdown(doc))
