@@ -98,14 +98,13 @@ def test_oracle_velocity_and_loss(oracle):
 
 def test_oracle_intermediates(oracle):
     m, obs, cfg = oracle.model, oracle.obs, oracle.config
-    for cam in cfg.cameras:
-        tokens = nnx.jit(lambda m, x: m.PaliGemma.img(x))(m, obs.images[cam])
-        assert rel_err(tokens, oracle[f"inter/image_tokens/{cam}"]) <= RTOL, cam
-    text = m.PaliGemma.llm.embed(obs.tokenized_prompt)
-    assert rel_err(text, oracle["inter/text_embeddings"]) <= RTOL
+    prefix, prefix_mask, prefix_ar = nnx.jit(lambda m, o: m.embed_prefix(o))(m, obs)
+    n = cfg.tokens_per_image
+    for i, cam in enumerate(cfg.cameras):  # the prefix is each camera's SigLIP tokens, then the text
+        assert rel_err(prefix[:, i * n : (i + 1) * n], oracle[f"inter/image_tokens/{cam}"]) <= RTOL, cam
+    assert rel_err(prefix[:, len(cfg.cameras) * n :], oracle["inter/text_embeddings"]) <= RTOL
     assert rel_err(m.embed_time(jnp.asarray(oracle["time"])), oracle["inter/time_emb"]) <= RTOL
 
-    prefix, prefix_mask, prefix_ar = nnx.jit(lambda m, o: m.embed_prefix(o))(m, obs)
     suffix, suffix_mask, suffix_ar = m.embed_suffix(
         obs, jnp.asarray(oracle["x_t"]), jnp.asarray(oracle["time"])
     )
@@ -132,9 +131,17 @@ def test_oracle_intermediates(oracle):
 
 def test_oracle_sample_actions_and_kv_cache(oracle):
     num_steps = int(oracle["sample/num_steps"])
-    (k, v), _ = nnx.jit(lambda m, o: m.prefix_cache(o))(oracle.model, oracle.obs)
+    (k, v), prefix_mask = nnx.jit(lambda m, o: m.prefix_cache(o))(oracle.model, oracle.obs)
     assert rel_err(k, oracle["sample/kv_cache_k"]) <= RTOL
     assert rel_err(v, oracle["sample/kv_cache_v"]) <= RTOL
+    # Each Euler step's velocity from the cache, at openpi's own trajectory points.
+    step_velocity = nnx.jit(lambda m, o, kv, pm, x, t: m.cached_velocity(o, kv, pm, x, t))
+    batch = oracle["sample/noise"].shape[0]
+    for i, t in enumerate(oracle["sample/t_steps"][:num_steps]):
+        v_i = step_velocity(
+            oracle.model, oracle.obs, (k, v), prefix_mask, oracle["sample/x_steps"][i], np.full(batch, t)
+        )
+        assert rel_err(v_i, oracle["sample/v_steps"][i]) <= RTOL, f"step {i}"
     actions = nnx.jit(lambda m, o, n: m.sample_actions(o, n, num_steps))(
         oracle.model, oracle.obs, oracle["sample/noise"]
     )
