@@ -1,8 +1,8 @@
 """``bpi0 analyze``: how large each action group's values, per-step changes and motion are.
 
 On the training episodes, per group of the layout, in raw units and in normalised
-units (each dimension divided by its training std, floored at ``normstats.min_std``
-as in the norm stats; values are also centred on the mean):
+units (the ``standard`` norm stats' z-score: each dimension divided by its training
+std, floored at ``normstats.min_std``; values are also centred on the mean):
 
 - ``values``: every action value of the group;
 - ``step_change``: ``‖a[t+1,g] − a[t,g]‖`` over the steps inside episodes;
@@ -25,6 +25,7 @@ from tqdm import tqdm
 from balanced_pi0.groups import ARM_GROUPS, BASE_GROUPS, GroupLayout
 from balanced_pi0.prep import io
 from balanced_pi0.prep.motion import EpisodeMotion, check_motion_layout, dataset_motion, step_changes
+from balanced_pi0.prep.normstats import column_blocks, feature_stats, floor_scale
 
 WEIGHT_RULE = (
     "m_g = mean over training steps of ||Δa_g|| / sqrt(|g|) in normalised units (per-dimension RMS "
@@ -78,32 +79,37 @@ def suggested_weights(step_rms: dict[str, float], layout: GroupLayout, max_weigh
     return {g: w / mean_per_dim for g, w in raw.items()}
 
 
+def _group_metrics(data, layout: GroupLayout, units: dict, motions: dict, bins: int):
+    """Per group and unit, summaries of values, step changes and motion; and each group's step RMS."""
+    groups, step_rms = {}, {}
+    for g in tqdm(layout.groups, desc="analyze groups", disable=None, leave=False):
+        groups[g.name] = {}
+        for u in UNITS:
+            changes = _episode_changes(data, units[u], g.start, g.stop)
+            groups[g.name][u] = {
+                "values": summary(units[u][:, g.start : g.stop], bins),
+                "step_change": summary(changes, bins),
+                "motion": summary(_motion_of(motions[u], g.name), bins),
+            }
+        normalised = _episode_changes(data, units["normalised"], g.start, g.stop)
+        step_rms[g.name] = float(normalised.mean() / np.sqrt(g.size)) if normalised.size else 0.0
+    return groups, step_rms
+
+
 def analyze(
     data, layout: GroupLayout, *, bins: int, max_weight: float, min_std: float, min_base_motion: float
 ):
     """Metrics document and per-episode motions (raw, normalised) of a training ``LowDim``."""
     check_motion_layout(layout, data.action.shape[1])
     action = np.asarray(data.action, dtype=np.float64)
-    mean, scale = action.mean(axis=0), np.maximum(action.std(axis=0), min_std)
-    units = {"raw": action, "normalised": (action - mean) / scale}
+    # the standard norm stats' z-score, so "normalised" means what training will see
+    stats, _ = floor_scale(feature_stats(column_blocks(action), bins=10_000, desc="actions"), min_std)
+    units = {"raw": action, "normalised": (action - stats.mean) / stats.std}
     motions = {
         "raw": dataset_motion(data, layout, action),
-        "normalised": dataset_motion(data, layout, action / scale),
+        "normalised": dataset_motion(data, layout, action / stats.std),
     }
-    groups, step_rms = {}, {}
-    for g in tqdm(layout.groups, desc="analyze groups", disable=None, leave=False):
-        entry = {}
-        for u in UNITS:
-            changes = _episode_changes(data, units[u], g.start, g.stop)
-            entry[u] = {
-                "values": summary(units[u][:, g.start : g.stop], bins),
-                "step_change": summary(changes, bins),
-                "motion": summary(_motion_of(motions[u], g.name), bins),
-            }
-            if u == "normalised":
-                step_rms[g.name] = float(changes.mean() / np.sqrt(g.size)) if changes.size else 0.0
-        groups[g.name] = entry
-    weights = suggested_weights(step_rms, layout, max_weight)
+    groups, step_rms = _group_metrics(data, layout, units, motions, bins)
     raw = motions["raw"]
     ratio = np.array([m.arm_base_ratio(min_base_motion) for m in raw])
     metrics = {
@@ -113,8 +119,8 @@ def analyze(
         "layout": layout.to_dict(),
         "units": {
             "raw": "dataset units (joint positions in rad, base velocities in m/s and rad/s)",
-            "normalised": "each dimension minus its training mean (values only) and divided by its "
-            "training std floored at normstats.min_std",
+            "normalised": "z-scored with the standard norm stats of the training episodes (values), "
+            "divided by their std (changes, motion); std floored at normstats.min_std",
             "motion": "joint groups: summed path length Σ‖Δa_g‖; base: distance Σ‖(vx,vy)‖·dt",
         },
         "groups": groups,
@@ -125,7 +131,11 @@ def analyze(
             "arm_base_ratio": summary(ratio, bins),
             "arm_base_ratio_min_base_motion": min_base_motion,
         },
-        "suggested_group_weights": {"rule": WEIGHT_RULE, "step_change_rms": step_rms, "weights": weights},
+        "suggested_group_weights": {
+            "rule": WEIGHT_RULE,
+            "step_change_rms": step_rms,
+            "weights": suggested_weights(step_rms, layout, max_weight),
+        },
     }
     return metrics, motions
 
