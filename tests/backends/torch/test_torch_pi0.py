@@ -96,6 +96,11 @@ def test_oracle_intermediates(oracle):
     assert rel_err(suffix, fx["inter/suffix_tokens"]) <= TOL
     np.testing.assert_array_equal(suffix_mask.numpy(), fx["inter/suffix_mask"])
     np.testing.assert_array_equal(suffix_ar.numpy(), fx["inter/suffix_ar_mask"])
+    # The prefix KV cache the sampler reuses: keys after RoPE, values, per layer.
+    positions = torch.cumsum(input_mask.long(), dim=1) - 1
+    _, cache = model.llm([tokens, None], positions, make_attn_mask(input_mask, ar_mask))
+    assert rel_err(torch.stack([k for k, _ in cache]), fx["sample/kv_cache_k"]) <= TOL
+    assert rel_err(torch.stack([v for _, v in cache]), fx["sample/kv_cache_v"]) <= TOL
 
 
 @torch.no_grad()
