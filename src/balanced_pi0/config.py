@@ -79,6 +79,12 @@ class SplitConfig:
 
 
 @section
+class B1KConfig:
+    #: side of the square images the chosen cameras are resized to (B1K records 720/480 px)
+    resolution: int = Field(64, ge=16)
+
+
+@section
 class DatasetConfig:
     #: ``sim`` (embedded MuJoCo task), ``hub:<repo_id>`` or ``b1k:<path>``
     source: str = "sim"
@@ -87,6 +93,7 @@ class DatasetConfig:
     cameras: list[str] = Field(default_factory=lambda: ["head", "left_wrist", "right_wrist"])
     sim: SimConfig = Field(default_factory=SimConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    b1k: B1KConfig = Field(default_factory=B1KConfig)
 
     @field_validator("source")
     @classmethod

@@ -64,6 +64,6 @@ def _write_source(cfg: _config.DatasetConfig, dest: Path) -> None:
     elif kind == "b1k":
         from balanced_pi0.data.b1k import convert
 
-        convert(Path(arg), dest, cameras=cfg.cameras, repo_id=cfg.repo_id, resolution=cfg.sim.resolution)
+        convert(Path(arg), dest, cameras=cfg.cameras, repo_id=cfg.repo_id, resolution=cfg.b1k.resolution)
     else:  # the config validator admits only the three kinds above
         raise AssertionError(cfg.source)
