@@ -260,9 +260,11 @@ def _motion_factor(xp, spec: LossSpec, actions, step_valid, groups):
     step = actions[:, 1:, :] - actions[:, :-1, :]
     step = xp.concat([xp.zeros_like(actions[:, :1, :]), step], axis=1)  # no motion before the chunk
     motion = xp.sqrt((step * step) @ groups[:real_action_dim, :])  # [B, H, G]
-    factor = xp.clip(spec.delta_alpha + spec.delta_beta * xp.minimum(motion, spec.delta_cap), *DELTA_CLIP)
+    factor = xp.clip(spec.delta_alpha + spec.delta_beta * xp.clip(motion, max=spec.delta_cap), *DELTA_CLIP)
     mean = xp.sum(step_valid[:, :, None] * factor, axis=(0, 1)) / xp.clip(xp.sum(step_valid), min=1.0)
-    factor = factor / xp.where(mean > 0, mean, 1.0)[None, None, :]
+    # The factor never falls below its lower bound, nor does its mean over valid steps; the clip
+    # only keeps a batch without valid steps (mean 0) from dividing by zero.
+    factor = factor / xp.clip(mean, min=DELTA_CLIP[0])[None, None, :]
     return factor @ xp.permute_dims(groups, (1, 0))
 
 
