@@ -65,6 +65,9 @@ class Pi0Config:
     cameras: tuple[str, ...] = field(default=CAMERAS)
     #: compute dtype; params stay float32
     dtype: str = "float32"
+    #: recompute each layer's activations in the backward pass (openpi always does; saves GPU
+    #: memory at full size, costs compute on the CPU sizes)
+    remat: bool = False
 
     @property
     def llm(self) -> GemmaConfig:
@@ -84,8 +87,9 @@ class Pi0Config:
 
 
 SIZES: dict[str, Pi0Config] = {
-    "pi0": Pi0Config(),
-    # openpi's dummy Gemma for both experts, with the small "mu/14" SigLIP of the oracle fixture.
+    "pi0": Pi0Config(remat=True),
+    # openpi's dummy Gemma for both experts, with the small "mu/14" SigLIP: exactly the
+    # configuration of the openpi oracle fixture (224x224 images, horizon 10, 16 prompt tokens).
     "dummy": Pi0Config(
         paligemma_variant="dummy",
         action_expert_variant="dummy",

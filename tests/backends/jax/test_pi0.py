@@ -164,3 +164,22 @@ def test_missing_camera_is_an_input_error(model, noisy):
     images = {c: v for c, v in obs.images.items() if c != CFG.cameras[2]}
     with pytest.raises(InputError, match=CFG.cameras[2]):
         model.velocity(obs.replace(images=images), *noisy)
+
+
+@pytest.mark.slow
+def test_remat_changes_memory_not_gradients(model):
+    remat = nnx.eval_shape(lambda: Pi0(dataclasses.replace(CFG, remat=True), nnx.Rngs(0)))
+    load_params(remat, export_params(model))
+    rng = np.random.default_rng(4)
+    actions, noise = (
+        rng.normal(size=(B, CFG.action_horizon, CFG.action_dim)).astype(np.float32) for _ in "an"
+    )
+    time = np.array([0.4, 0.6], np.float32)
+
+    @nnx.jit
+    def grads(m):
+        return nnx.grad(lambda m: jnp.mean(m.compute_loss(make_obs(), actions, noise, time)))(m)
+
+    plain, rematted = nnx.to_flat_state(grads(model)), nnx.to_flat_state(grads(remat))
+    for (path, g), (_, h) in zip(plain, rematted, strict=True):
+        np.testing.assert_allclose(h[...], g[...], rtol=1e-5, atol=1e-7, err_msg="/".join(map(str, path)))

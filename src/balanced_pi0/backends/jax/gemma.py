@@ -185,23 +185,32 @@ def stacked(make, depth: int, rngs: nnx.Rngs) -> nnx.Module:
     return create(rngs)
 
 
-def scan_layers(layers: nnx.Module, carry, per_layer, fn):
-    """Run ``fn(layer, carry, per_layer_slice) -> (carry, out)`` over stacked ``layers``."""
+def scan_layers(layers: nnx.Module, carry, per_layer, fn, remat: bool = False):
+    """Run ``fn(layer, carry, per_layer_slice) -> (carry, out)`` over stacked ``layers``.
+
+    With ``remat`` a layer keeps only its inputs for the backward pass (openpi's
+    ``nothing_saveable`` policy): memory for one layer's activations instead of all.
+    """
     graphdef, state = nnx.split(layers)
 
     def body(carry, xs):
         layer_state, sliced = xs
         return fn(nnx.merge(graphdef, layer_state), carry, sliced)
 
+    if remat:
+        body = jax.checkpoint(body, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
     return jax.lax.scan(body, carry, (state, per_layer))
 
 
 class Gemma(nnx.Module):
     """The mixture of transformers. Call with one token array (or None) per expert."""
 
-    def __init__(self, configs: Sequence[GemmaConfig], vocab_size: int, dtype: str, rngs: nnx.Rngs):
+    def __init__(
+        self, configs: Sequence[GemmaConfig], vocab_size: int, dtype: str, rngs: nnx.Rngs, remat: bool = False
+    ):
         _check_joint_attention(configs)
         self.dtype = jnp.dtype(dtype)
+        self.remat = remat
         self.embedder = Embedder(vocab_size, configs[0].width, rngs)
         self.layers = stacked(lambda r: Block(configs, r), configs[0].depth, rngs)
         for i, c in enumerate(configs):
@@ -223,7 +232,7 @@ class Gemma(nnx.Module):
         def layer(block, xs, cache):
             return block(xs, cache, positions, mask)
 
-        xs, kv = scan_layers(self.layers, xs, kv_cache, layer)
+        xs, kv = scan_layers(self.layers, xs, kv_cache, layer, self.remat)
         outs = [
             None if x is None else getattr(self, expert_name("final_norm", i))(x) for i, x in enumerate(xs)
         ]

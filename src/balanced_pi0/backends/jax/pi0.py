@@ -67,8 +67,11 @@ def posemb_sincos(pos: jax.Array, dim: int, min_period: float, max_period: float
 class PaliGemma(nnx.Module):
     def __init__(self, config: Pi0Config, rngs: nnx.Rngs):
         width = config.llm.width
-        self.llm = Gemma([config.llm, config.expert], config.vocab_size, config.dtype, rngs)
-        self.img = Siglip(config.siglip, config.image_resolution, width, config.dtype, rngs)
+        experts = [config.llm, config.expert]
+        self.llm = Gemma(experts, config.vocab_size, config.dtype, rngs, remat=config.remat)
+        self.img = Siglip(
+            config.siglip, config.image_resolution, width, config.dtype, rngs, remat=config.remat
+        )
 
 
 class Pi0(nnx.Module):

@@ -53,19 +53,28 @@ class Encoder1DBlock(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    def __init__(self, cfg: SiglipConfig, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: SiglipConfig, dtype, rngs: nnx.Rngs, remat: bool = False):
+        self.remat = remat
         self.encoderblock = stacked(lambda r: Encoder1DBlock(cfg, dtype, r), cfg.depth, rngs)
         self.encoder_norm = nnx.LayerNorm(cfg.width, epsilon=_LN_EPS, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x, _ = scan_layers(self.encoderblock, x, None, lambda block, x, _: (block(x), None))
+        x, _ = scan_layers(self.encoderblock, x, None, lambda block, x, _: (block(x), None), self.remat)
         return self.encoder_norm(x)
 
 
 class Siglip(nnx.Module):
     """Images ``[B, R, R, 3]`` in [-1, 1] -> tokens ``[B, (R/patch)^2, out_width]``."""
 
-    def __init__(self, cfg: SiglipConfig, image_resolution: int, out_width: int, dtype: str, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cfg: SiglipConfig,
+        image_resolution: int,
+        out_width: int,
+        dtype: str,
+        rngs: nnx.Rngs,
+        remat: bool = False,
+    ):
         if image_resolution % cfg.patch_size:
             raise ValueError(
                 f"image_resolution {image_resolution} is not a multiple of patch {cfg.patch_size}"
@@ -78,7 +87,7 @@ class Siglip(nnx.Module):
         self.pos_embedding = nnx.Param(
             nnx.initializers.normal(cfg.width**-0.5)(rngs.params(), (1, num_patches, cfg.width))
         )
-        self.Transformer = Transformer(cfg, self.dtype, rngs)
+        self.Transformer = Transformer(cfg, self.dtype, rngs, remat)
         # Zero-initialised head: a fresh tower starts by contributing nothing to the LLM.
         self.head = nnx.Linear(
             cfg.width, out_width, kernel_init=nnx.initializers.zeros, dtype=self.dtype, rngs=rngs
