@@ -9,6 +9,7 @@ optimiser, the checkpoints and the data flow, not the architecture.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -474,3 +475,101 @@ def test_jax_and_torch_from_the_same_params_take_the_same_steps():
             a["grad_norm"],
             b["grad_norm"],
         )
+
+
+# --------------------------------------------------------------------------------------
+# The stage on a LeRobot dataset prepared by the pipeline's own stages
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SimLikeEpisode:
+    task: str
+    state: np.ndarray
+    action: np.ndarray
+    images: dict
+    success: bool = True
+    seed: int = 0
+    arm_heavy: bool = False
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> dict[str, str]:
+    """Six 15-frame episodes through fetch's writer, the split, normstats and filter."""
+    from balanced_pi0.data.split import make_split, write_split
+    from balanced_pi0.data.writer import write_dataset
+    from balanced_pi0.prep import filter as filter_stage
+    from balanced_pi0.prep import normstats
+
+    root = tmp_path_factory.mktemp("prepared")
+    rng = np.random.default_rng(0)
+    cams = ("head", "left_wrist", "right_wrist")
+    episodes = []
+    for e in range(6):
+        t = np.arange(15, dtype=np.float32)[:, None]
+        action = np.sin(0.2 * t + rng.uniform(0, 6, REAL_DIM)).astype(np.float32)
+        action[:, :3] *= 0.1 if e % 2 else 1.0  # odd episodes barely move the base
+        images = {c: rng.integers(0, 256, (15, RES, RES, 3), dtype=np.uint8) for c in cams}
+        episodes.append(SimLikeEpisode("reach the cube", action + 0.01, action, images, seed=e))
+    paths = {
+        k: str(root / v)
+        for k, v in [
+            ("dataset", "dataset"),
+            ("split", "split.json"),
+            ("norm_stats", "norm_stats"),
+            ("arm_heavy", "arm_heavy.json"),
+        ]
+    }
+    write_dataset(episodes, paths["dataset"], repo_id="test/train", fps=10, cameras=cams)
+    write_split(paths["split"], make_split(list(range(6)), 0.34, 0))
+    params = stage_params("jax")
+    normstats.run(params, paths["dataset"], paths["split"], paths["norm_stats"])
+    filter_stage.run(params, paths["dataset"], paths["split"], paths["arm_heavy"], str(root / "filter"))
+    return paths
+
+
+def stage_params(backend: str) -> _config.Params:
+    return _config.from_dict(
+        {
+            "model": {
+                "size": "tiny",
+                "action_horizon": HORIZON,
+                "image_resolution": RES,
+                "max_token_len": 24,
+            },
+            "normstats": {"bins": 10_000},
+            "train": {
+                "backend": backend,
+                "batch_size": 2,
+                "checkpoint_every": 2,
+                "log_every": 1,
+                "curriculum": [{"steps": 2, "episodes": "arm_heavy"}, {"steps": 3, "episodes": "train"}],
+                "optimizer": {"warmup_steps": 1, "decay_steps": 5},
+            },
+        }
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stage_trains_resumes_and_exports(backend, prepared, tmp_path):
+    import json
+
+    params = stage_params(backend)
+    train.train(params, **prepared, out=str(tmp_path / "full"))
+    train.train(params, **prepared, out=str(tmp_path / "resumed"), stop_after=3)
+    train.train(params, **prepared, out=str(tmp_path / "resumed"))
+    assert tree_digest(tmp_path / "full" / "final") == tree_digest(tmp_path / "resumed" / "final")
+    meta = json.loads((tmp_path / "full" / "metadata.json").read_text())
+    assert meta["backend"] == backend and [p["episodes"] for p in meta["curriculum"]] == [
+        "arm_heavy",
+        "train",
+    ]
+    metrics = json.loads((tmp_path / "full" / "live" / "metrics.json").read_text())
+    assert metrics["step"] == 4 and np.isfinite(metrics["loss"])
+    assert set(metrics["group_loss"]) == {
+        "base",
+        "torso",
+        "left_arm",
+        "left_gripper",
+        "right_arm",
+        "right_gripper",
+    }
