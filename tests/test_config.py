@@ -120,4 +120,14 @@ def test_ablation_variants_apply_overrides_per_run():
 )
 def test_bad_ablation_variants_fail_at_load(variants, message):
     with pytest.raises(ConfigError, match=message):
-        config.from_dict({"ablation": {"variants": variants}})
+        config.from_dict({"ablation": {"variants": {"main": {}, **variants}}})
+
+
+def test_report_questions_must_name_variants():
+    ablation = {"variants": {"main": {}, "delta": {"train.loss.strategy": "delta"}}}
+    params = config.from_dict({"ablation": ablation, "report": {"questions": {"weighting": ["main", "delta"]}}})
+    assert params.report.questions == {"weighting": ["main", "delta"]}
+    with pytest.raises(ConfigError, match=r"report: variants \['sample'\] are not in ablation.variants"):
+        config.from_dict({"ablation": ablation, "report": {"questions": {"mask": ["main", "sample"]}}})
+    with pytest.raises(ConfigError, match=r"report.questions: mask: a question compares at least two variants"):
+        config.from_dict({"ablation": ablation, "report": {"questions": {"mask": ["main"]}}})

@@ -224,6 +224,9 @@ class EvalConfig:
     rollout_seed: int = 10_000
     n_action_steps: int = Field(5, gt=0)
     videos: int = Field(2, ge=0)
+    #: offline: validation chunks per sampling batch, and every stride-th batch is scored
+    batch_size: int = Field(32, gt=0)
+    offline_stride: int = Field(1, gt=0)
 
 
 @section
@@ -250,6 +253,24 @@ class AblationConfig:
 
 
 @section
+class ReportConfig:
+    """What the paper compares: each question lists variants, the first being its reference."""
+
+    reference: str = "main"
+    questions: dict[str, list[str]] = Field(default_factory=dict)
+    #: variants whose per-group training curves the paper plots beside the reference
+    loss_curves: list[str] = Field(default_factory=list)
+
+    @field_validator("questions")
+    @classmethod
+    def _two_or_more(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for q, names in v.items():
+            if len(names) < 2:
+                raise ValueError(f"{q}: a question compares at least two variants, got {names}")
+        return v
+
+
+@section
 class Params:
     layout: LayoutConfig = Field(default_factory=LayoutConfig)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
@@ -260,6 +281,7 @@ class Params:
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ablation: AblationConfig = Field(default_factory=lambda: AblationConfig())
+    report: ReportConfig = Field(default_factory=lambda: ReportConfig())
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -275,6 +297,11 @@ class Params:
             raise ValueError(str(e)) from None
         if loss.strategy == "per_dimension" and loss.dimension_weights is None:
             raise ValueError("train.loss.dimension_weights is required when strategy is 'per_dimension'")
+        named = {self.report.reference, *self.report.loss_curves}
+        named |= {v for names in self.report.questions.values() for v in names}
+        unknown = sorted(named - set(self.ablation.variants))
+        if unknown:
+            raise ValueError(f"report: variants {unknown} are not in ablation.variants")
         if layout.real_action_dim > self.model.action_dim:
             raise ValueError(
                 f"model.action_dim {self.model.action_dim} < layout real_action_dim {layout.real_action_dim}"
@@ -313,6 +340,7 @@ def from_dict(data: dict[str, Any] | None, *, source: str = "params") -> Params:
 def _validate_variant(params: Params, variant: str) -> None:
     data = to_dict(params)
     data.pop("ablation")
+    data.pop("report")
     for key, value in params.ablation.variants[variant].items():
         _set_dotted(data, key, value)
     try:
@@ -346,7 +374,6 @@ def for_run(params: Params, variant: str, seed: int) -> Params:
     data = to_dict(params)
     for key, value in {**variants[variant], "train.seed": seed}.items():
         _set_dotted(data, key, value)
-    data["ablation"] = {"seeds": [seed], "variants": {variant: {}}}  # the run's params are final
     return from_dict(data, source=f"ablation.variants.{variant}")
 
 
