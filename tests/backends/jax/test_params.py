@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from balanced_pi0.backends.jax.params import export_params, load_params, param_shapes
+from balanced_pi0.backends.jax.params import export_params, load_params, param_shapes, read_openpi_params
 from balanced_pi0.backends.jax.pi0 import Pi0
 from balanced_pi0.errors import InputError
 from balanced_pi0.model_config import SIZES
@@ -73,3 +73,27 @@ def test_shape_mismatch_names_the_path(params):
         load_params(model, bad)
     after = export_params(model)  # nothing was loaded
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("nnx_state_leaves", [False, True], ids=["released", "training"])
+def test_openpi_checkpoint_loads_by_name(params, tmp_path, nnx_state_leaves):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    tree: dict = {}
+    for path, value in params.items():  # openpi's nested layout, optionally with nnx.State's "value" leaves
+        *parents, leaf = path.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = {"value": value} if nnx_state_leaves else value
+    with ocp.PyTreeCheckpointer() as ckptr:
+        ckptr.save(tmp_path / "params", {"params": tree})
+    flat = read_openpi_params(tmp_path / "params")
+    model = abstract_model()
+    load_params(model, flat)
+    out = export_params(model)
+    assert all(np.array_equal(out[k], params[k]) for k in params)
+
+
+def test_missing_checkpoint_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_openpi_params(tmp_path / "nope")

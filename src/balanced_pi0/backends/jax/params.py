@@ -10,6 +10,7 @@ mis-shaped name is an ``InputError`` that lists them, never a partial load.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +57,30 @@ def param_shapes(config: Pi0Config) -> dict[str, tuple[int, ...]]:
     """Parameter shapes by openpi path, from an abstract model (nothing is allocated)."""
     abstract = nnx.eval_shape(lambda: Pi0(config, nnx.Rngs(0)))
     return {path: tuple(value.shape) for path, value in _named_params(abstract).items()}
+
+
+def read_openpi_params(path: str | Path) -> dict[str, np.ndarray]:
+    """The ``params`` of an openpi checkpoint directory (orbax), as NumPy arrays by openpi path.
+
+    Reads released checkpoints (``<ckpt>/params``) and openpi training checkpoints alike; the
+    latter end every path in ``value`` (nnx.State's leaf), which is dropped as openpi does.
+    """
+    import orbax.checkpoint as ocp
+
+    path = Path(path).resolve()
+    if not path.is_dir():
+        raise InputError(f"openpi checkpoint not found: {path}")
+    with ocp.PyTreeCheckpointer() as ckptr:
+        item = ckptr.metadata(path).item_metadata
+        if "params" not in item:
+            raise InputError(f"{path} holds no 'params' tree (top-level keys: {sorted(item)})")
+        item = {"params": item["params"]}
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), item)
+        params = ckptr.restore(path, ocp.args.PyTreeRestore(item=item, restore_args=restore_args))["params"]
+    flat = _flatten(params)
+    if all(p.endswith("/value") for p in flat):
+        flat = {p.removesuffix("/value"): v for p, v in flat.items()}
+    return flat
 
 
 def load_params(model: Pi0, flat: Mapping[str, np.ndarray | jax.Array]) -> None:
