@@ -101,3 +101,23 @@ def test_fetch_from_the_real_sim_is_byte_identical(tmp_path):
             }
         )
     assert hashes[0] == hashes[1] and any(k.startswith("ds/data/") for k in hashes[0])
+
+
+def test_hub_snapshot_lands_in_the_stage_output(tmp_path, monkeypatch, raw_dataset):
+    """The download path with the hub stubbed by a local copy of a v3.0 dataset."""
+    import shutil
+
+    import huggingface_hub
+
+    def snapshot_download(repo_id, *, repo_type, revision, local_dir, etag_timeout):
+        assert repo_type == "dataset" and repo_id == "someone/reach"
+        shutil.copytree(raw_dataset[0], local_dir)
+        (local_dir / ".cache").mkdir()
+        return str(local_dir)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", lambda self, repo_id, **kw: None)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    fetch(_params(source="hub:someone/reach"), out=str(tmp_path / "ds"), split=str(tmp_path / "s.json"))
+    assert not (tmp_path / "ds/.cache").exists()
+    assert load_lowdim(tmp_path / "ds").num_frames == sum(len(e.action) for e in raw_dataset[1])
