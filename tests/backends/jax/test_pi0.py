@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from balanced_pi0.backends.jax.params import export_params, load_params
+from balanced_pi0.backends.jax.params import export_params, load_params, param_shapes
 from balanced_pi0.backends.jax.pi0 import Observation, Pi0, make_attn_mask, sample_noise_time
 from balanced_pi0.errors import InputError
 from balanced_pi0.model_config import SIZES
@@ -82,6 +82,7 @@ def test_same_seed_same_params():
     again = export_params(Pi0(CFG, nnx.Rngs(0)))
     other = export_params(Pi0(CFG, nnx.Rngs(1)))
     assert all(np.array_equal(ours[k], again[k]) for k in ours)
+    assert param_shapes(CFG) == {k: v.shape for k, v in ours.items()}  # the abstract tree is the real one
     assert not np.array_equal(ours["action_in_proj/kernel"], other["action_in_proj/kernel"])
 
 
