@@ -1,0 +1,138 @@
+"""Training throughput of both backends at the tiny config, and the loader's share of a step.
+
+    uv run python benchmarks/train.py [--steps 20] [--batch-size 16] [--dataset data/dataset]
+
+Without ``--dataset`` a small LeRobot dataset (12 episodes of 40 frames, three 64×64
+cameras, the embedded default's shapes) is written to a temporary folder. Each
+backend is warmed up (compilation) and then timed over ``--steps`` steps; the
+loader time is the chunk loader's batch plus ``PolicyIO`` (normalise, pad, images,
+prompts), the step time is the backend's ``train_step`` (which syncs: it returns
+Python floats). Prints one table and the JAX/PyTorch ratio, measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from balanced_pi0 import config as _config
+from balanced_pi0 import train
+from balanced_pi0.data.loader import ChunkLoader
+from balanced_pi0.policy_io import PolicyIO
+
+CAMERAS = ("head", "left_wrist", "right_wrist")
+
+
+@dataclass(frozen=True)
+class _Episode:
+    task: str
+    state: np.ndarray
+    action: np.ndarray
+    images: dict
+    success: bool = True
+    seed: int = 0
+    arm_heavy: bool = False
+
+
+def make_dataset(root: Path, resolution: int) -> tuple[str, str, str]:
+    from balanced_pi0.data.split import make_split, write_split
+    from balanced_pi0.data.writer import write_dataset
+    from balanced_pi0.prep import normstats
+
+    rng = np.random.default_rng(0)
+    episodes = []
+    for e in range(12):
+        t = np.arange(40, dtype=np.float32)[:, None]
+        action = np.sin(0.1 * t + rng.uniform(0, 6, 23)).astype(np.float32)
+        images = {c: rng.integers(0, 256, (40, resolution, resolution, 3), dtype=np.uint8) for c in CAMERAS}
+        episodes.append(_Episode("reach the cube", action, action, images, seed=e))
+    dataset, split, stats = str(root / "dataset"), str(root / "split.json"), str(root / "norm_stats")
+    write_dataset(episodes, dataset, repo_id="bench/train", fps=10, cameras=CAMERAS)
+    write_split(split, make_split(list(range(12)), 0.2, 0))
+    normstats.run(_config.from_dict({"normstats": {"bins": 10_000}}), dataset, split, stats)
+    return dataset, split, stats
+
+
+def bench(params: _config.Params, dataset: str, split: str, stats: str, steps: int, warmup: int) -> dict:
+    tc = params.train
+    episodes = train.load_episode_sets(split, None)["train"]
+    loader = ChunkLoader(
+        dataset,
+        action_horizon=params.model.action_horizon,
+        batch_size=tc.batch_size,
+        episodes=episodes.tolist(),
+        cameras=params.dataset.cameras,
+        seed=0,
+        action_dim=23,
+    )
+    io = PolicyIO.from_params(params, stats)
+    batches = loader.batches()
+    backend = train.make_backend(params)
+    tic = time.perf_counter()
+    backend.init()
+    init_s = time.perf_counter() - tic
+    load_s, step_s = [], []
+    for step in range(warmup + steps):
+        tic = time.perf_counter()
+        batch = io.model_batch(next(batches))
+        b, h, d = batch["actions"].shape
+        batch["noise"], batch["time"] = train.flow_noise(0, step, b, h, d)
+        mid = time.perf_counter()
+        backend.train_step(batch, step)
+        end = time.perf_counter()
+        if step == 0:
+            compile_s = end - mid
+        if step >= warmup:
+            load_s.append(mid - tic)
+            step_s.append(end - mid)
+    load, step = float(np.median(load_s)), float(np.median(step_s))
+    return {
+        "init_s": init_s,
+        "first_step_s": compile_s,
+        "load_ms": 1e3 * load,
+        "step_ms": 1e3 * step,
+        "samples_per_s": tc.batch_size / (load + step),
+        "loader_share": load / (load + step),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--dataset", default=None, help="LeRobot root (needs --split and --norm-stats too)")
+    ap.add_argument("--split", default="data/split.json")
+    ap.add_argument("--norm-stats", default="data/norm_stats")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.dataset is None:
+            dataset, split, stats = make_dataset(Path(tmp), resolution=64)
+        else:
+            dataset, split, stats = args.dataset, args.split, args.norm_stats
+        rows = {}
+        for backend in ("jax", "torch"):
+            params = _config.from_dict({"train": {"backend": backend, "batch_size": args.batch_size}})
+            rows[backend] = bench(params, dataset, split, stats, args.steps, args.warmup)
+    print(
+        f"tiny pi0, batch {args.batch_size}, action_horizon 10, 3 cameras at 64x64; median of {args.steps} steps"
+    )
+    print(
+        f"{'backend':8} {'init s':>7} {'1st step s':>10} {'load ms':>8} {'step ms':>8} {'samples/s':>10} {'loader share':>12}"
+    )
+    for name, r in rows.items():
+        print(
+            f"{name:8} {r['init_s']:7.1f} {r['first_step_s']:10.1f} {r['load_ms']:8.1f} {r['step_ms']:8.1f} "
+            f"{r['samples_per_s']:10.1f} {r['loader_share']:12.1%}"
+        )
+    ratio = rows["jax"]["samples_per_s"] / rows["torch"]["samples_per_s"]
+    print(f"jax / torch samples/s: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
