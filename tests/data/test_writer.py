@@ -96,8 +96,10 @@ def test_generator_failure_keeps_the_previous_dataset(tmp_path):
     [
         (lambda e: FakeEpisode(**{**e.__dict__, "action": e.action[:0], "state": e.state[:0]}), "T>0"),
         (lambda e: FakeEpisode(**{**e.__dict__, "images": {}}), "no images for camera 'head'"),
+        (lambda e: FakeEpisode(**{**e.__dict__, "action": e.action[:, :20]}), "differ from the first"),
     ],
 )
 def test_malformed_episodes(tmp_path, change, message):
+    first, second = fake_episodes(lengths=(3, 4))
     with pytest.raises(InputError, match=message):
-        _write(tmp_path / "ds", [change(fake_episodes(lengths=(3,))[0])])
+        _write(tmp_path / "ds", [first, change(second)])

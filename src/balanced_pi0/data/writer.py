@@ -87,9 +87,14 @@ def write_dataset(
                 if not keep_failed and not getattr(ep, "success", True):
                     continue
                 if dataset is None:
+                    shapes = _shapes(ep, cameras)
                     res = ep.images[cameras[0]].shape[1:3] if cameras else (0, 0)
                     feats = features(ep.state.shape[1], ep.action.shape[1], cameras, res)
                     dataset = _create(tmp, repo_id, fps, feats, robot_type)
+                elif _shapes(ep, cameras) != shapes:
+                    raise InputError(
+                        f"episode {i}: shapes {_shapes(ep, cameras)} differ from the first {shapes}"
+                    )
                 _add_episode(dataset, ep, cameras)
                 sidecar.append(_episode_facts(len(sidecar), i, ep))
         finally:
@@ -137,6 +142,12 @@ def _episode_facts(episode_index: int, source_index: int, ep) -> dict:
             value = getattr(ep, name)
             facts[name] = bool(value) if isinstance(value, bool | np.bool_) else int(value)
     return facts
+
+
+def _shapes(ep: EpisodeLike, cameras: Sequence[str]) -> dict:
+    """Per-frame shapes, which every episode of a dataset must share."""
+    out = {STATE_KEY: ep.state.shape[1:], ACTION_KEY: ep.action.shape[1:]}
+    return out | {cam: ep.images[cam].shape[1:] for cam in cameras}
 
 
 def _validate(ep: EpisodeLike, i: int, cameras: Sequence[str]) -> None:
