@@ -1,0 +1,332 @@
+"""``bpi0 paper``: results → the numbers, tables, figures and findings of the paper, then the PDF.
+
+Every number the paper shows comes from here: ``paper/generated/results.json`` (read by
+``paper/paper.typ`` through Typst's ``json()``) and the figures beside it. Findings are
+written from the measured differences, so the paper says what the ablations showed —
+including "no detectable difference" where the confidence interval spans zero.
+
+Statistics: per variant, the mean over seeds with a Student-t 95 % interval; per
+comparison, the paired difference (same seed, same data, same initialisation) between a
+variant and the question's reference variant, with its t interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from balanced_pi0 import config as _config
+from balanced_pi0.errors import InputError
+from balanced_pi0.groups import ARM_GROUPS, BASE_GROUPS
+from balanced_pi0.prep import io
+
+#: confidence level of every interval in the paper
+CI_LEVEL = 0.95
+
+#: (key, label, higher_is_better); the values are read from a run's eval metrics by ``run_metrics``.
+METRICS: tuple[tuple[str, str, bool], ...] = (
+    ("success_rate", "closed-loop success", True),
+    ("arm_skill", "arm skill vs holding the pose", True),
+    ("arm_motion_ratio", "arm motion ratio ρ", True),
+    ("base_skill", "base skill vs standing still", True),
+    ("arm_idle_fraction", "steps with idle arms", False),
+)
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}-s{seed}"
+
+
+def _get(d: Mapping[str, Any], path: str) -> Any:
+    for key in path.split("."):
+        if not isinstance(d, Mapping) or key not in d:
+            raise KeyError(path)
+        d = d[key]
+    return d
+
+
+def _num(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def run_metrics(eval_metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The headline numbers of one run (NaN where a metric is undefined)."""
+    groups = eval_metrics["offline"]["groups"]
+    out = {
+        "arm_skill": float(np.mean([_num(groups[g]["skill"]) for g in ARM_GROUPS])),
+        "arm_motion_ratio": float(np.mean([_num(groups[g]["motion_ratio"]) for g in ARM_GROUPS])),
+        "base_skill": float(np.mean([_num(groups[g]["skill"]) for g in BASE_GROUPS])),
+    }
+    closed = eval_metrics.get("closed_loop")
+    out["success_rate"] = _num(closed["policy"]["success_rate"]) if closed else float("nan")
+    out["arm_idle_fraction"] = _num(closed["policy"]["arm_idle_fraction"]) if closed else float("nan")
+    return out
+
+
+def t_interval(values: Sequence[float]) -> dict[str, float]:
+    """Mean and Student-t interval at CI_LEVEL (NaN-free values only; half-width NaN for one value)."""
+    from scipy.stats import t
+
+    x = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if len(x) == 0:
+        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
+    mean = float(x.mean())
+    if len(x) < 2:
+        return {"mean": mean, "lo": float("nan"), "hi": float("nan"), "n": 1}
+    half = float(t.ppf(0.5 + CI_LEVEL / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": len(x)}
+
+
+def verdict(diff: Mapping[str, float], higher_is_better: bool) -> str:
+    if diff["n"] < 2 or not math.isfinite(diff["lo"]):
+        return "undetermined"
+    if diff["lo"] > 0:
+        return "better" if higher_is_better else "worse"
+    if diff["hi"] < 0:
+        return "worse" if higher_is_better else "better"
+    return "no detectable difference"
+
+
+def summarize(
+    per_run: Mapping[str, Mapping[int, Mapping[str, float]]],
+    questions: Mapping[str, Sequence[str]],
+) -> dict[str, Any]:
+    """``per_run[variant][seed][metric]`` → per-variant intervals and paired comparisons."""
+    variants = {
+        v: {m: t_interval([runs[s][m] for s in sorted(runs)]) for m, _, _ in METRICS}
+        for v, runs in per_run.items()
+    }
+    comparisons = []
+    for question, names in questions.items():
+        ref = names[0]
+        for v in names[1:]:
+            seeds = sorted(set(per_run[ref]) & set(per_run[v]))
+            for m, _, higher in METRICS:
+                diff = t_interval([per_run[v][s][m] - per_run[ref][s][m] for s in seeds])
+                comparisons.append(
+                    {
+                        "question": question,
+                        "variant": v,
+                        "reference": ref,
+                        "metric": m,
+                        "diff": diff,
+                        "verdict": verdict(diff, higher),
+                    }
+                )
+    return {"variants": variants, "comparisons": comparisons}
+
+
+def finding_text(c: Mapping[str, Any]) -> str:
+    label = dict((k, lab) for k, lab, _ in METRICS)[c["metric"]]
+    d = c["diff"]
+    if c["verdict"] == "undetermined":
+        return f"{c['variant']} vs {c['reference']}, {label}: too few seeds to tell."
+    return (
+        f"{c['variant']} vs {c['reference']}, {label}: {d['mean']:+.3f} "
+        f"(95 % CI {d['lo']:+.3f} to {d['hi']:+.3f}, {d['n']} seeds) — {c['verdict']}."
+    )
+
+
+def _json_clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _json_clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_clean(v) for v in x]
+    if isinstance(x, float | np.floating):
+        return None if not math.isfinite(float(x)) else round(float(x), 6)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    return json.loads(path.read_text())
+
+
+def collect(params: _config.Params, runs_dir: Path) -> dict[str, dict[int, dict[str, float]]]:
+    per_run: dict[str, dict[int, dict[str, float]]] = {}
+    for variant in params.ablation.variants:
+        for seed in params.ablation.seeds:
+            path = runs_dir / run_name(variant, seed) / "eval" / "metrics.json"
+            per_run.setdefault(variant, {})[seed] = run_metrics(_read_json(path))
+    return per_run
+
+
+def loss_curves(
+    runs_dir: Path, variant: str, seeds: Sequence[int], key: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and the seed-mean of one dvclive metric, e.g. ``group_loss/left_arm``."""
+    curves = []
+    steps = None
+    for s in seeds:
+        tsv = runs_dir / run_name(variant, s) / "live" / "plots" / "metrics" / f"{key}.tsv"
+        if not tsv.exists():
+            raise InputError(f"{tsv}: training log not found")
+        rows = [ln.split("\t") for ln in tsv.read_text().splitlines()]
+        header, rows = rows[0], rows[1:]
+        si, vi = header.index("step"), header.index(key.split("/")[-1])
+        steps = np.array([int(r[si]) for r in rows])
+        curves.append([float(r[vi]) for r in rows])
+    return steps, np.mean(np.asarray(curves), axis=0)
+
+
+# --------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------
+def ablation_figure(summary: Mapping[str, Any], questions: Mapping[str, Sequence[str]], path: Path) -> None:
+    """One panel per headline metric: every variant's seed mean with its 95 % interval."""
+    order = list(dict.fromkeys(v for names in questions.values() for v in names))
+    shown = [m for m in METRICS if m[0] in ("success_rate", "arm_skill", "arm_motion_ratio", "base_skill")]
+    fig = io.new_figure(3.0 * len(shown), 3.2)
+    axes = fig.subplots(1, len(shown), sharey=False)
+    y = np.arange(len(order))
+    for ax, (key, label, _) in zip(np.atleast_1d(axes), shown, strict=True):
+        stats = [summary["variants"][v][key] for v in order]
+        mean = np.array([s["mean"] for s in stats])
+        lo = np.array([s["lo"] for s in stats])
+        hi = np.array([s["hi"] for s in stats])
+        err = np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)])
+        ax.errorbar(mean, y, xerr=err, fmt="o", ms=4, capsize=2, color="tab:blue")
+        ax.axvline(mean[0], color="0.6", lw=0.8, ls="--")
+        ax.set_yticks(y, order if ax is np.atleast_1d(axes)[0] else [""] * len(order), fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(label, fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    io.save_png(fig, path)
+
+
+def loss_figure(
+    runs_dir: Path, variants: Sequence[str], seeds: Sequence[int], groups: Sequence[str], path: Path
+):
+    """Per-group training error (same normalisation as the loss, unweighted) of each variant."""
+    fig = io.new_figure(3.0 * len(variants), 2.8)
+    axes = np.atleast_1d(fig.subplots(1, len(variants), sharey=True))
+    for ax, v in zip(axes, variants, strict=True):
+        for g in groups:
+            steps, curve = loss_curves(runs_dir, v, seeds, f"group_loss/{g}")
+            ax.plot(steps, curve, label=g, lw=1)
+        ax.set(title=v, xlabel="step", yscale="log")
+        ax.title.set_fontsize(8)
+    axes[0].set_ylabel("per-group error")
+    axes[0].legend(fontsize=6)
+    io.save_png(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------
+def _setup(params: _config.Params, split: Path, arm_heavy: Path, analyze: Path) -> dict[str, Any]:
+    from balanced_pi0.loss import LossSpec
+
+    sp = io.read_split(split)
+    heavy = _read_json(arm_heavy)
+    effective = {}
+    for v, overrides in params.ablation.variants.items():
+        run = _config.for_run(params, v, params.ablation.seeds[0])
+        if any(k.startswith("train.loss") for k in overrides) or v == params.report.reference:
+            effective[v] = LossSpec.from_config(run).effective_group_weights()
+    from balanced_pi0 import loss as _loss
+    from balanced_pi0 import train as _train
+
+    lc = params.train.loss
+    layout = params.layout.build()
+    return {
+        # groups as [name, start, stop] rows: JSON objects lose their order when keys are sorted
+        "layout": {
+            "real_action_dim": layout.real_action_dim,
+            "model_action_dim": layout.model_action_dim,
+            "groups": [[g.name, g.start, g.stop] for g in layout.groups],
+        },
+        "ci_percent": round(100 * CI_LEVEL),
+        "method": {
+            "time_alpha": _train.TIME_ALPHA,
+            "time_beta": _train.TIME_BETA,
+            "time_min": _train.TIME_MIN,
+            "time_scale": round(1.0 - _train.TIME_MIN, 6),
+            "delta_alpha": lc.delta_alpha,
+            "delta_beta": lc.delta_beta,
+            "delta_cap": lc.delta_cap,
+            "delta_clip": list(_loss.DELTA_CLIP),
+        },
+        "episodes": len(sp["train"]) + len(sp["val"]),
+        "train_episodes": len(sp["train"]),
+        "val_episodes": len(sp["val"]),
+        "arm_heavy_episodes": len(heavy.get("arm_heavy", [])),
+        "seeds": list(params.ablation.seeds),
+        "variants": {v: {k: str(x) for k, x in o.items()} for v, o in params.ablation.variants.items()},
+        "steps": params.train.total_steps,
+        "batch_size": params.train.batch_size,
+        "action_horizon": params.model.action_horizon,
+        "model_size": params.model.size,
+        "rollouts": params.eval.rollouts,
+        "n_action_steps": params.eval.n_action_steps,
+        "effective_group_weights": effective,
+        "analyze": _read_json(analyze),
+    }
+
+
+def run(
+    params: _config.Params,
+    runs: str = "runs",
+    split: str = "data/split.json",
+    arm_heavy: str = "data/arm_heavy.json",
+    analyze: str = "results/analyze/metrics.json",
+    paper: str = "paper/paper.typ",
+    out: str = "paper/paper.pdf",
+) -> None:
+    """Write ``paper/generated/`` (results.json, figures) and compile the paper to ``out``."""
+    runs_dir, paper_src = Path(runs), Path(paper)
+    questions = params.report.questions
+    missing = sorted({v for names in questions.values() for v in names} - set(params.ablation.variants))
+    if missing:
+        raise InputError(f"report.questions: variants {missing} are not in ablation.variants")
+    gen = paper_src.parent / "generated"
+    per_run = collect(params, runs_dir)
+    summary = summarize(per_run, questions)
+    results = {
+        "setup": _setup(params, Path(split), Path(arm_heavy), Path(analyze)),
+        "questions": {q: list(v) for q, v in questions.items()},
+        "metrics": [{"key": k, "label": lab, "higher_is_better": h} for k, lab, h in METRICS],
+        "per_run": per_run,
+        **summary,
+        "findings": [{**c, "text": finding_text(c)} for c in summary["comparisons"]],
+        "closed_loop_expert": _expert_summary(params, runs_dir),
+    }
+    io.write_json(gen / "results.json", _json_clean(results))
+    ablation_figure(summary, questions, gen / "ablation.png")
+    ref = params.report.reference
+    loss_figure(
+        runs_dir,
+        [ref, *params.report.loss_curves],
+        params.ablation.seeds,
+        params.layout.build().group_names,
+        gen / "group_loss.png",
+    )
+    compile_paper(paper_src, Path(out))
+
+
+def _expert_summary(params: _config.Params, runs_dir: Path) -> dict[str, Any] | None:
+    ref = params.report.reference
+    path = runs_dir / run_name(ref, params.ablation.seeds[0]) / "eval" / "metrics.json"
+    closed = _read_json(path).get("closed_loop")
+    if not closed:
+        return None
+    e = closed["expert"]
+    return {k: e[k] for k in ("episodes", "successes", "success_rate", "success_ci95", "arm_idle_fraction")}
+
+
+def compile_paper(source: Path, out: Path) -> None:
+    """Typst from PyPI; the document sets ``date: none`` so the PDF bytes repeat."""
+    import typst
+
+    with io.atomic_path(out) as tmp:
+        typst.compile(str(source), output=str(tmp), root=str(Path.cwd()))
+    if not out.exists():
+        raise InputError(f"{out}: typst wrote nothing")

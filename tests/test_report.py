@@ -1,0 +1,165 @@
+"""The report: statistics over seeds, paired comparisons, findings, and a paper built from files."""
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from balanced_pi0 import config, report
+from balanced_pi0.groups import R1PRO
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_t_interval_matches_scipy():
+    x = [0.2, 0.5, 0.35, 0.41]
+    got = report.t_interval(x)
+    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
+    assert got["mean"] == pytest.approx(np.mean(x)) and got["n"] == 4
+    assert (got["lo"], got["hi"]) == pytest.approx((lo, hi))
+    one = report.t_interval([0.3, float("nan")])
+    assert one["n"] == 1 and math.isnan(one["lo"])
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "higher", "expected"),
+    [
+        (0.1, 0.3, True, "better"),
+        (0.1, 0.3, False, "worse"),
+        (-0.3, -0.1, True, "worse"),
+        (-0.1, 0.2, True, "no detectable difference"),
+    ],
+)
+def test_verdicts(lo, hi, higher, expected):
+    assert report.verdict({"n": 3, "mean": 0.0, "lo": lo, "hi": hi}, higher) == expected
+
+
+def _eval_metrics(arm_skill: float, success: float) -> dict:
+    groups = {
+        g.name: {"skill": arm_skill if "arm" in g.name else 0.5, "motion_ratio": 0.8} for g in R1PRO.groups
+    }
+    groups["left_arm"]["skill"] = arm_skill - 0.1
+    groups["right_arm"]["skill"] = arm_skill + 0.1
+    closed = {
+        "policy": {"success_rate": success, "arm_idle_fraction": 0.25},
+        "expert": {
+            "episodes": 4,
+            "successes": 4,
+            "success_rate": 1.0,
+            "success_ci95": [0.5, 1.0],
+            "arm_idle_fraction": 0.0,
+        },
+    }
+    return {"offline": {"groups": groups}, "closed_loop": closed}
+
+
+def test_paired_comparison_uses_same_seed_differences():
+    per_run = {
+        "main": {0: {m: 0.5 for m, _, _ in report.METRICS}, 1: {m: 0.7 for m, _, _ in report.METRICS}},
+        "delta": {0: {m: 0.6 for m, _, _ in report.METRICS}, 1: {m: 0.8 for m, _, _ in report.METRICS}},
+    }
+    summary = report.summarize(per_run, {"weighting": ["main", "delta"]})
+    c = next(c for c in summary["comparisons"] if c["metric"] == "arm_skill")
+    # The paired differences are both +0.1: zero spread, so the interval is a point.
+    assert c["diff"]["mean"] == pytest.approx(0.1) and c["verdict"] == "better"
+    idle = next(c for c in summary["comparisons"] if c["metric"] == "arm_idle_fraction")
+    assert idle["verdict"] == "worse"  # more idle arms is worse
+    assert "delta vs main" in report.finding_text(c) and "better" in report.finding_text(c)
+
+
+@pytest.fixture
+def pipeline_outputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = config.from_dict(
+        {
+            "ablation": {"seeds": [0, 1, 2], "variants": {"main": {}, "arm_focused": PRESET_ARM}},
+            "report": {"questions": {"weighting": ["main", "arm_focused"]}, "loss_curves": ["arm_focused"]},
+        }
+    )
+    rng = np.random.default_rng(0)
+    for v in params.ablation.variants:
+        for s in params.ablation.seeds:
+            run = tmp_path / "runs" / report.run_name(v, s)
+            (run / "eval").mkdir(parents=True)
+            skill = 0.3 + 0.1 * s + (0.05 if v == "arm_focused" else 0.0)
+            (run / "eval" / "metrics.json").write_text(json.dumps(_eval_metrics(skill, 0.5)))
+            tsv_dir = run / "live" / "plots" / "metrics" / "group_loss"
+            tsv_dir.mkdir(parents=True)
+            for g in R1PRO.group_names:
+                rows = "".join(f"{k}\t{rng.uniform(0.1, 1.0)}\n" for k in range(0, 50, 10))
+                (tsv_dir / f"{g}.tsv").write_text(f"step\t{g}\n{rows}")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "split.json").write_text(json.dumps({"train": [0, 1, 2], "val": [3]}))
+    (tmp_path / "data" / "arm_heavy.json").write_text(json.dumps({"arm_heavy": [1]}))
+    analyze = tmp_path / "results" / "analyze"
+    analyze.mkdir(parents=True)
+    (analyze / "metrics.json").write_text("{}")
+    shutil.copyfile(REPO / "tests" / "assets" / "pixel.png", analyze / "motion_scatter.png")
+    (tmp_path / "paper").mkdir()
+    shutil.copyfile(REPO / "paper" / "paper.typ", tmp_path / "paper" / "paper.typ")
+    return params, tmp_path
+
+
+PRESET_ARM = {
+    "train.loss.strategy": "per_group",
+    "train.loss.group_weights": {"left_arm": 3.0, "right_arm": 3.0},
+}
+
+
+def test_paper_builds_from_generated_files_and_repeats_bytes(pipeline_outputs):
+    params, root = pipeline_outputs
+    report.run(params)
+    results = json.loads((root / "paper" / "generated" / "results.json").read_text())
+    main = results["variants"]["main"]["arm_skill"]
+    assert main["mean"] == pytest.approx(0.4) and main["n"] == 3
+    assert results["setup"]["effective_group_weights"]["arm_focused"]["left_arm"] == pytest.approx(
+        3 / ((14 * 3 + 9) / 23), abs=1e-6
+    )
+    c = next(c for c in results["comparisons"] if c["metric"] == "arm_skill")
+    assert c["diff"]["mean"] == pytest.approx(0.05) and c["verdict"] == "better"
+    pdf = (root / "paper" / "paper.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF")
+    figs = {p.name: p.read_bytes() for p in (root / "paper" / "generated").glob("*.png")}
+    report.run(params)
+    assert (root / "paper" / "paper.pdf").read_bytes() == pdf
+    assert {p.name: p.read_bytes() for p in (root / "paper" / "generated").glob("*.png")} == figs
+
+
+def test_missing_run_names_the_file(pipeline_outputs):
+    params, root = pipeline_outputs
+    victim = root / "runs" / "arm_focused-s2" / "eval" / "metrics.json"
+    victim.unlink()
+    with pytest.raises(report.InputError, match=r"arm_focused-s2/eval/metrics\.json: file not found"):
+        report.run(params)
+    assert not (root / "paper" / "paper.pdf").exists()
+
+
+# Numbers that are layout, not results: lengths with units, widths in percent, rounding digits.
+_ALLOWED = re.compile(
+    r"(\d+(\.\d+)?\s*(pt|em|cm|mm|in|fr)\b)|(width:\s*\d+%)|(digits:\s*\d+)|(size:\s*\d+(\.\d+)?pt)"
+)
+
+
+def test_paper_source_has_no_literal_result_numbers():
+    text = (REPO / "paper" / "paper.typ").read_text()
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
+    body = _ALLOWED.sub("", body)
+    decimals = re.findall(r"(?<![\w.])\d+\.\d+", body)
+    percents = re.findall(r"\d+\s*%", body)
+    assert not decimals, f"literal decimal numbers in paper.typ: {decimals}"
+    assert not percents, f"literal percentages in paper.typ: {percents}"
+
+
+def test_paper_includes_only_generated_or_stage_files():
+    text = (REPO / "paper" / "paper.typ").read_text()
+    included = re.findall(r'(?:image|json|read)\("([^"]+)"', text)
+    assert included
+    dvc = (REPO / "dvc.yaml").read_text()
+    for path in included:
+        resolved = Path("paper", path).as_posix().replace("paper/../", "")
+        assert resolved.startswith("paper/generated/") or resolved in dvc, f"{path} is not a pipeline output"
