@@ -417,6 +417,63 @@ def test_init_from_starts_from_the_given_params(backend, tmp_path):
 
 
 # --------------------------------------------------------------------------------------
+# Data parallel: two virtual JAX devices take the same steps as one
+# --------------------------------------------------------------------------------------
+_DATA_PARALLEL = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import jax
+import test_train
+print(json.dumps({"devices": jax.device_count(), "losses": test_train.data_parallel_losses()}))
+"""
+
+
+def data_parallel_losses(steps: int = 4) -> list[float]:
+    params = make_params("jax", batch_size=4)
+    episodes = make_episodes()
+    io = policy_io(episodes)
+    loader = ToyLoader(episodes, np.arange(6), 0, batch_size=4).batches()
+    b = make_backend(params)
+    b.init()
+    losses = []
+    for step in range(steps):
+        batch = io.model_batch(next(loader))
+        batch["noise"], batch["time"] = train.flow_noise(0, step, 4, HORIZON, 32)
+        losses.append(b.train_step(batch, step)["loss"])
+    return losses
+
+
+def _run_on_devices(devices: int) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _DATA_PARALLEL, str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_two_jax_devices_match_one_device_with_the_same_global_batch():
+    import jax
+
+    two = _run_on_devices(2)
+    assert (jax.device_count(), two["devices"]) == (1, 2)
+    np.testing.assert_allclose(two["losses"], data_parallel_losses(), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------
 # The real tiny pi0 (slow: model construction and compilation take tens of seconds)
 # --------------------------------------------------------------------------------------
 def pi0_params(backend: str, **train_overrides) -> _config.Params:

@@ -20,9 +20,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from balanced_pi0 import config as _config
 from balanced_pi0 import model_config
+from balanced_pi0.errors import InputError
 from balanced_pi0.loss import LossSpec, action_loss
 from balanced_pi0.train import save_params_npz
 
@@ -100,13 +102,22 @@ class JaxBackend:
             self.api.load(model, initial)
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
         ema = jax.tree.map(jnp.copy, params) if self.opt.ema_decay is not None else None
-        self.state = TrainState(params, self.tx.init(params), ema)
+        # Data parallel over every device: state replicated, batch split on its leading axis. The
+        # loss is computed on the global batch, so padding-aware normalisation is exactly one device's.
+        self.mesh = jax.make_mesh((jax.device_count(),), ("data",))
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.state = jax.device_put(TrainState(params, self.tx.init(params), ema), self._replicated)
         step = partial(
             _step, self.graphdef, self.rest, self.tx, self.spec, self.opt.ema_decay, self.api.observation
         )
         self._jit_step = jax.jit(step, donate_argnums=0)
 
     def train_step(self, batch: Mapping[str, Any], step: int) -> dict[str, Any]:
+        batch_size = len(batch["actions"])
+        if batch_size % self.mesh.size:
+            raise InputError(f"train.batch_size {batch_size} does not split over {self.mesh.size} devices")
+        batch = jax.device_put(dict(batch), self._batch_sharding)
         self.state, metrics = self._jit_step(self.state, batch)
         return jax.tree.map(float, jax.device_get(metrics))
 
