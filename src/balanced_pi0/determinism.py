@@ -1,0 +1,103 @@
+"""The flags that make JAX/XLA and PyTorch runs bit-reproducible: set in one place, recorded with every run.
+
+``DETERMINISM_ENV`` is the single definition. The Dockerfile sets the same variables with ``ENV`` and
+flake.nix's image and shell export them; tests/test_containers.py holds all three equal. Training calls
+``apply()`` before the first computation and stores ``record()`` in its run metadata, so a result names
+the environment that produced it.
+
+Backend-neutral: jax and torch are never imported here; their versions and flags are read only when the
+caller has already imported them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+
+#: XLA on the CPU: one Eigen thread, one intra-op thread. A multi-threaded CPU reduction can return
+#: different bits from call to call (jax issue 39741); single-threaded it is bit-stable.
+XLA_CPU_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+#: XLA on the GPU: deterministic scatter/reduction kernels and autotuning-free choices.
+XLA_GPU_FLAGS = "--xla_gpu_deterministic_ops=true"
+
+DETERMINISM_ENV: dict[str, str] = {
+    # One value for both devices: XLA knows every flag and uses the ones of the backend it runs.
+    "XLA_FLAGS": f"{XLA_GPU_FLAGS} {XLA_CPU_FLAGS}",
+    # cuBLAS reuses workspaces across streams unless it is given a fixed configuration;
+    # torch.use_deterministic_algorithms refuses to run CUDA matmuls without it.
+    "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+    # TF32 rounds fp32 matmul inputs to 10 mantissa bits on Ampere and newer: off, so fp32 means fp32.
+    "NVIDIA_TF32_OVERRIDE": "0",
+    # Set-iteration order of str keys (data loaders, config dumps) must not vary between processes.
+    "PYTHONHASHSEED": "0",
+    # Headless MuJoCo rendering: EGL (Mesa on the CPU, the NVIDIA EGL driver in the container).
+    "MUJOCO_GL": "egl",
+    "PYOPENGL_PLATFORM": "egl",
+}
+
+#: Distributions whose versions decide the bits of a run.
+_RECORDED_DISTRIBUTIONS = ("jax", "jaxlib", "jax-cuda13-plugin", "flax", "optax", "torch", "numpy", "mujoco")
+
+
+def apply() -> None:
+    """Set ``DETERMINISM_ENV`` and, when torch is already imported, its deterministic switches.
+
+    Call before jax initialises a backend: XLA reads ``XLA_FLAGS`` once, at its first use.
+    ``PYTHONHASHSEED`` only affects interpreters started after this call (subprocesses, workers);
+    the container and the flake set it for the main process.
+    """
+    os.environ.update(DETERMINISM_ENV)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def record() -> dict:
+    """What a run's metadata stores: flags as set now, library versions, device. No timestamps."""
+    versions = {}
+    for dist in _RECORDED_DISTRIBUTIONS:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "env": {key: os.environ.get(key) for key in DETERMINISM_ENV},
+        "env_matches": all(os.environ.get(k) == v for k, v in DETERMINISM_ENV.items()),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "versions": versions,
+        "devices": _devices(),
+        "torch_deterministic": _torch_flags(),
+    }
+
+
+def _devices() -> dict:
+    devices = {}
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        devices["jax"] = [f"{d.platform}:{d.device_kind}" for d in jax.devices()]
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        cuda = torch.cuda.is_available()
+        devices["torch"] = (
+            [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else ["cpu"]
+        )
+    return devices
+
+
+def _torch_flags() -> dict | None:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    return {
+        "use_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
