@@ -1,0 +1,136 @@
+"""MobileReachEnv: observation contract, kinematics, determinism, bad input."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from balanced_pi0.errors import InputError
+from balanced_pi0.groups import R1PRO
+from balanced_pi0.sim import env as sim_env
+from balanced_pi0.sim.env import MobileReachEnv
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = MobileReachEnv(resolution=16)
+    yield e
+    e.close()
+
+
+def hold(obs) -> np.ndarray:
+    """An action that keeps every joint where it is and the base still."""
+    a = obs["state"].copy()
+    a[0:3] = 0.0
+    return a
+
+
+def test_layout_matches_r1pro():
+    for name, expected in (("base", sim_env.BASE), ("torso", sim_env.TORSO), ("left_arm", sim_env.LEFT_ARM)):
+        g = R1PRO.group(name)
+        assert (g.start, g.stop) == (expected.start, expected.stop)
+    assert R1PRO.group("right_gripper").start == sim_env.RIGHT_GRIPPER
+    assert R1PRO.real_action_dim == sim_env.ACTION_DIM
+
+
+def test_observation_contract(env):
+    obs = env.reset(3)
+    assert obs["state"].dtype == np.float32 and obs["state"].shape == (23,)
+    assert set(obs["images"]) == {"head", "left_wrist", "right_wrist"}
+    for img in obs["images"].values():
+        assert img.dtype == np.uint8 and img.shape == (16, 16, 3)
+    assert not np.array_equal(obs["images"]["head"], obs["images"]["left_wrist"])
+    assert re.fullmatch(r"reach the (red|green|blue|yellow) cube with the (left|right) hand", obs["prompt"])
+    assert env.fps == 10
+
+
+def test_same_seed_same_arrays(env):
+    def run(seed):
+        obs = env.reset(seed)
+        out = [obs]
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            a = hold(obs) + rng.normal(0, 0.3, 23).astype(np.float32)
+            obs, _, _ = env.step(a)
+            out.append(obs)
+        return out
+
+    first, second, other = run(11), run(11), run(12)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a["state"], b["state"])
+        for cam in a["images"]:
+            np.testing.assert_array_equal(a["images"][cam], b["images"][cam])
+        assert a["prompt"] == b["prompt"]
+    assert not np.array_equal(first[0]["images"]["head"], other[0]["images"]["head"])
+
+
+def test_base_velocity_integrates_in_robot_frame():
+    env = MobileReachEnv(cameras=(), fps=10)
+    obs = env.reset(0)
+    x0, y0, _ = env.base_pose()
+    a = hold(obs)
+    a[2] = np.pi / 4  # quarter turn in 2 s: heading goes from 0 to pi/2
+    for _ in range(20):
+        obs, _, _ = env.step(a)
+    a = hold(obs)
+    a[0] = 0.3  # forward in the robot frame is now world +y
+    for _ in range(10):
+        obs, _, _ = env.step(a)
+    x, y, yaw = env.base_pose()
+    np.testing.assert_allclose(yaw, np.pi / 2, atol=1e-6)
+    # The turn in place does not translate; then 0.3 m/s for 1 s along world +y.
+    np.testing.assert_allclose([x - x0, y - y0], [0.0, 0.3], atol=1e-6)
+    np.testing.assert_allclose(obs["state"][0:3], [0.3, 0.0, 0.0], atol=1e-7)
+
+
+def test_base_command_clipped_to_limits():
+    env = MobileReachEnv(cameras=())
+    obs = env.reset(0)
+    a = hold(obs)
+    a[0:3] = [10.0, -10.0, 10.0]
+    obs, _, _ = env.step(a)
+    np.testing.assert_allclose(
+        obs["state"][0:3], [*sim_env.BASE_LIMITS[:2] * [1, -1], sim_env.BASE_LIMITS[2]], rtol=1e-6
+    )
+
+
+def test_joints_track_targets_at_bounded_rate():
+    env = MobileReachEnv(cameras=(), fps=10)
+    obs = env.reset(0)
+    start = obs["state"].copy()
+    a = hold(obs)
+    a[7] = start[7] - 1.0  # left shoulder pitch: far target
+    a[8] = start[8] + 0.05  # left shoulder abduction: within one step
+    obs, _, _ = env.step(a)
+    step = sim_env.JOINT_RATE / 10
+    np.testing.assert_allclose(obs["state"][7], start[7] - step, atol=1e-6)
+    np.testing.assert_allclose(obs["state"][8], start[8] + 0.05, atol=1e-6)
+    np.testing.assert_array_equal(obs["state"][15:22], start[15:22])
+
+
+def test_done_at_max_steps():
+    env = MobileReachEnv(cameras=(), max_steps=4)
+    obs = env.reset(0)
+    dones = [env.step(hold(obs))[2] for _ in range(4)]
+    assert dones == [False, False, False, True]
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        (np.zeros(22), r"action.*shape"),
+        (np.zeros((1, 23)), r"action.*shape"),
+        (np.r_[np.zeros(5), np.nan, np.zeros(17)], r"action.*dim 5"),
+    ],
+)
+def test_bad_action_raises(env, action, message):
+    env.reset(0)
+    with pytest.raises(InputError, match=message):
+        env.step(action)
+
+
+def test_unknown_camera_raises():
+    with pytest.raises(InputError, match="chest"):
+        MobileReachEnv(cameras=("head", "chest"))
