@@ -97,6 +97,32 @@ STAGES: tuple[Stage, ...] = (
         ),
         per_run=True,
     ),
+    Stage(
+        "eval",
+        "offline per-group metrics on the validation episodes and closed-loop rollouts of a trained run",
+        "balanced_pi0.evaluate.stage:run",
+        (
+            Opt("--dataset", "data/dataset", "LeRobot v3.0 dataset root"),
+            Opt("--split", "data/split.json", "train/val split (validation episodes are scored)"),
+            Opt("--norm-stats", "data/norm_stats", "folder of <variant>.json norm stats"),
+            Opt("--run-dir", "runs/train", "trained run folder (reads final/params.npz)"),
+            Opt("--out", "runs/train/eval", "output folder (metrics.json, offline.png, rollout GIFs)"),
+        ),
+        per_run=True,
+    ),
+    Stage(
+        "paper",
+        "aggregate every run of the ablation into paper/generated/ and compile the paper",
+        "balanced_pi0.report:run",
+        (
+            Opt("--runs", "runs", "folder of <variant>-s<seed> runs"),
+            Opt("--split", "data/split.json", "train/val split"),
+            Opt("--arm-heavy", "data/arm_heavy.json", "arm-heavy episode list"),
+            Opt("--analyze", "results/analyze/metrics.json", "analysis metrics"),
+            Opt("--paper", "paper/paper.typ", "Typst source"),
+            Opt("--out", "paper/paper.pdf", "PDF to write"),
+        ),
+    ),
 )
 
 

@@ -1,0 +1,105 @@
+"""The eval stage's offline path on a real LeRobot dataset, with policies whose scores are known."""
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from balanced_pi0 import config
+from balanced_pi0.data.loader import ChunkLoader
+from balanced_pi0.data.writer import write_dataset
+from balanced_pi0.evaluate import stage
+from balanced_pi0.groups import R1PRO
+from balanced_pi0.policy_io import PolicyIO
+
+CAMERAS = ("head", "left_wrist", "right_wrist")
+
+
+@dataclass(frozen=True)
+class Ep:
+    task: str
+    state: np.ndarray
+    action: np.ndarray
+    images: dict = field(default_factory=dict)
+    success: bool = True
+    seed: int = 0
+    arm_heavy: bool = False
+
+
+def _episodes(n_eps=4, length=9):
+    """Position-controlled joints (state[t] = action[t-1]) and a base that stands still."""
+    rng = np.random.default_rng(0)
+    eps = []
+    for _e in range(n_eps):
+        action = np.cumsum(rng.normal(0, 0.1, (length, 23)), axis=0).astype(np.float32)
+        action[:, 0:3] = 0.0
+        state = np.concatenate([action[:1], action[:-1]]).astype(np.float32)
+        images = {c: rng.integers(0, 256, (length, 16, 16, 3), dtype=np.uint8) for c in CAMERAS}
+        eps.append(
+            Ep(task="reach the red cube with the left hand", state=state, action=action, images=images)
+        )
+    return eps
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    write_dataset(_episodes(), root / "ds", repo_id="test/eval", fps=10, cameras=CAMERAS)
+    identity = {"mean": [0.0] * 23, "std": [1.0] * 23, "q01": [-1.0] * 23, "q99": [1.0] * 23}
+    (root / "ns").mkdir()
+    (root / "ns" / "standard.json").write_text(
+        json.dumps({"norm_stats": {"state": identity, "actions": identity}})
+    )
+    params = config.from_dict({"model": {"action_horizon": 4, "image_resolution": 16}})
+    policy_io = PolicyIO.from_params(params, root / "ns")
+    loader = ChunkLoader(
+        root / "ds", action_horizon=4, batch_size=8, seed=0, shuffle=False, drop_last=False, action_dim=23
+    )
+    return params, policy_io, list(loader)
+
+
+def test_policy_that_holds_the_pose_has_zero_motion_and_skill(setup):
+    _params, policy_io, batches = setup
+
+    def hold(obs, noise):  # the normalised current state, repeated over the chunk
+        return np.repeat(obs["state"][:, None, :], noise.shape[1], axis=1)
+
+    m = stage.offline_eval(batches, hold, policy_io, R1PRO, num_samples=2, seed=0, horizon=4)
+    for g in ("left_arm", "right_arm", "torso"):
+        assert m["groups"][g]["motion_ratio"] == pytest.approx(0.0, abs=1e-5)
+        assert m["groups"][g]["skill"] == pytest.approx(0.0, abs=1e-5)
+    assert m["pad_fraction"] > 0  # chunks at episode ends are padded, and excluded
+
+
+def test_policy_that_returns_the_truth_has_unit_motion_and_skill(setup):
+    _params, policy_io, batches = setup
+    truth = iter([policy_io.actions(np.asarray(b["actions"])) for b in batches for _ in range(2)])
+
+    def oracle(obs, noise):
+        return next(truth)
+
+    m = stage.offline_eval(batches, oracle, policy_io, R1PRO, num_samples=2, seed=0, horizon=4)
+    for g in ("left_arm", "right_arm", "torso"):
+        assert m["groups"][g]["motion_ratio"] == pytest.approx(1.0, abs=1e-5)
+        assert m["groups"][g]["skill"] == pytest.approx(1.0, abs=1e-5)
+    assert m["overall"]["mse"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_hold_zeroes_the_velocity_controlled_base():
+    state = np.arange(23, dtype=np.float32)[None]
+    hold = stage.hold_actions(state, R1PRO, 23)
+    assert (hold[0, :3] == 0).all() and (hold[0, 3:] == state[0, 3:]).all()
+    with pytest.raises(stage.InputError, match="state has 20 dims but actions 23"):
+        stage.hold_actions(state[:, :20], R1PRO, 23)
+
+
+def test_eval_noise_is_fixed_by_seed_batch_and_sample():
+    a = stage.flow_noise(0, 3, 1, (2, 4, 32))
+    assert np.array_equal(a, stage.flow_noise(0, 3, 1, (2, 4, 32)))
+    assert not np.array_equal(a, stage.flow_noise(0, 3, 2, (2, 4, 32)))
+    assert not np.array_equal(a, stage.flow_noise(1, 3, 1, (2, 4, 32)))
+
+
+def test_json_safe_turns_undefined_ratios_into_null():
+    assert stage.json_safe({"a": [1.0, float("nan")], "b": float("inf")}) == {"a": [1.0, None], "b": None}
