@@ -84,6 +84,12 @@ ENV SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:${PATH}
 
+# What uv.lock installs, stated for `docker inspect` (a test holds these equal to uv.lock).
+LABEL balanced_pi0.python=3.12.15 \
+      balanced_pi0.torch=2.11.0 \
+      balanced_pi0.jax=0.11.2 \
+      balanced_pi0.cuda=13.0
+
 USER ${UID}
 # The checkout (with .dvc/ and params.yaml) is mounted here; the DVC cache is mounted separately.
 WORKDIR /workspace

@@ -52,6 +52,11 @@
       # The same interpreter minor as .python-version and the Dockerfile.
       pythonAttr = "python312";
 
+      # Versions the image labels carry, read from uv.lock itself (the Dockerfile states the same).
+      lockedPackages = (builtins.fromTOML (builtins.readFile ./uv.lock)).package;
+      lockedVersion =
+        name: (builtins.head (builtins.filter (p: p.name == name) lockedPackages)).version;
+
       workspace = uv2nix.lib.workspace.loadWorkspace { workspaceRoot = ./.; };
 
       # Wheels, exactly the files uv.lock lists (with their hashes); sdists only where no wheel exists.
@@ -120,6 +125,11 @@
                 "repro"
               ];
               WorkingDir = "/workspace";
+              Labels = {
+                "balanced_pi0.python" = pythonSet.python.pythonVersion;
+                "balanced_pi0.torch" = lockedVersion "torch";
+                "balanced_pi0.jax" = lockedVersion "jax";
+              };
               User = "1000:1000";
               Env = lib.mapAttrsToList (name: value: "${name}=${value}") (
                 determinismEnv

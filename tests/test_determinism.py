@@ -1,0 +1,54 @@
+"""balanced_pi0.determinism: one environment, applied and recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from balanced_pi0 import determinism
+
+
+def test_cpu_flags_are_the_measured_single_thread_ones():
+    flags = determinism.DETERMINISM_ENV["XLA_FLAGS"].split()
+    assert "--xla_cpu_multi_thread_eigen=false" in flags
+    assert "intra_op_parallelism_threads=1" in flags
+    assert "--xla_gpu_deterministic_ops=true" in flags
+
+
+def _run(code: str, env: dict[str, str]) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, check=True
+    )
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_apply_sets_env_and_torch_switches_and_record_reports_them():
+    # A fresh interpreter: apply() changes process-wide state that other tests must not inherit.
+    env = {k: v for k, v in os.environ.items() if k not in determinism.DETERMINISM_ENV}
+    code = (
+        "import json, torch\n"
+        "from balanced_pi0 import determinism\n"
+        "before = determinism.record()\n"
+        "determinism.apply()\n"
+        "after = determinism.record()\n"
+        "print(json.dumps([before, after]))\n"
+    )
+    before, after = _run(code, env)
+    assert not before["env_matches"]
+    assert before["torch_deterministic"]["use_deterministic_algorithms"] is False
+    assert after["env_matches"]
+    assert after["env"] == determinism.DETERMINISM_ENV
+    assert after["torch_deterministic"] == {
+        "use_deterministic_algorithms": True,
+        "cudnn_deterministic": True,
+        "cudnn_benchmark": False,
+        "matmul_allow_tf32": False,
+    }
+    assert after["versions"]["torch"].startswith("2.11.0")
+    assert after["devices"]["torch"]  # "cpu" here, the GPU names on a GPU
+
+
+def test_record_is_the_same_twice():
+    assert determinism.record() == determinism.record()
