@@ -428,8 +428,8 @@ print(json.dumps({"devices": jax.device_count(), "losses": test_train.data_paral
 """
 
 
-def data_parallel_losses(steps: int = 4) -> list[float]:
-    params = make_params("jax", batch_size=4)
+def data_parallel_losses(backend: str = "jax", steps: int = 4) -> list[float]:
+    params = make_params(backend, batch_size=4)
     episodes = make_episodes()
     io = policy_io(episodes)
     loader = ToyLoader(episodes, np.arange(6), 0, batch_size=4).batches()
@@ -471,6 +471,39 @@ def test_two_jax_devices_match_one_device_with_the_same_global_batch():
     two = _run_on_devices(2)
     assert (jax.device_count(), two["devices"]) == (1, 2)
     np.testing.assert_allclose(two["losses"], data_parallel_losses(), rtol=1e-5)
+
+
+_DDP_RANK = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import test_train
+print(json.dumps({"losses": test_train.data_parallel_losses("torch")}))
+"""
+
+
+def test_two_gloo_ranks_match_one_process_with_the_same_global_batch():
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ranks = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank)}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        cmd = [sys.executable, "-c", _DDP_RANK, str(Path(__file__).parent)]
+        ranks.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    outs = [p.communicate(timeout=300) for p in ranks]
+    assert all(p.returncode == 0 for p in ranks), [err[-2000:] for _, err in outs]
+    losses = [json.loads(out.strip().splitlines()[-1])["losses"] for out, _ in outs]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=0)  # every rank holds the global loss
+    np.testing.assert_allclose(losses[0], data_parallel_losses("torch"), rtol=1e-5)
 
 
 # --------------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ class Backend(Protocol):
     ``noise`` f32[B, H, action_dim] and ``time`` f32[B]."""
 
     name: str
+    #: the process that writes checkpoints, logs and the final params (rank 0 of a distributed run)
+    is_primary: bool
 
     def init(self, initial: Mapping[str, np.ndarray] | None = None) -> None:
         """Fresh model (from the params seed, or ``initial`` params by openpi path), optimiser and EMA."""
@@ -350,20 +352,24 @@ def run_loop(
     backend.init(initial_params)
     start = _resume(paths.checkpoints, backend, batches)
     end = total if stop_after is None else min(stop_after, total)
-    logger = Logger(paths.live, start, total, enabled=progress)
+    primary = backend.is_primary
+    logger = Logger(paths.live, start, total, enabled=progress) if primary else None
     try:
         for step in range(start, end):
             metrics = _one_step(params, backend, batches, to_model_batch, step)
+            done = step + 1
+            if not primary:
+                continue
             logger.tick(metrics["loss"])
             if step % tc.log_every == 0 or step == total - 1:
                 logger.log(step, metrics)
-            done = step + 1
             if done % tc.checkpoint_every == 0 or done == total:
                 state = {"step": done, "seed": tc.seed, "loader": batches.state_dict()}
                 write_checkpoint(paths.checkpoints, done, backend, state, tc.keep_checkpoints)
     finally:
-        logger.close()
-    if end == total:
+        if logger is not None:
+            logger.close()
+    if end == total and primary:
         _write_final(paths.final, backend)
     return end
 
@@ -486,7 +492,8 @@ def train(
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     backend = make_backend(params)
-    _write_json(RunPaths(run_dir).metadata, run_metadata(params, curriculum, norm_stats))
+    if backend.is_primary:
+        _write_json(RunPaths(run_dir).metadata, run_metadata(params, curriculum, norm_stats))
     run_loop(
         params,
         backend,

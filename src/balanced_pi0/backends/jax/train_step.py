@@ -113,6 +113,10 @@ class JaxBackend:
         )
         self._jit_step = jax.jit(step, donate_argnums=0)
 
+    @property
+    def is_primary(self) -> bool:
+        return jax.process_index() == 0
+
     def train_step(self, batch: Mapping[str, Any], step: int) -> dict[str, Any]:
         batch_size = len(batch["actions"])
         if batch_size % self.mesh.size:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from balanced_pi0 import config as _config
 from balanced_pi0 import model_config
+from balanced_pi0.errors import InputError
 from balanced_pi0.loss import LossSpec, action_loss
 from balanced_pi0.train import learning_rate, save_params_npz
 
@@ -78,21 +79,38 @@ class TorchBackend:
         self.ema = None
         if opt.ema_decay is not None:
             self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        self.rank, self.world = _process_group()
+        self._forward = _LossForward(self.model, self.api.observation)
+        if self.world > 1:
+            self._forward = torch.nn.parallel.DistributedDataParallel(self._forward)
+
+    @property
+    def is_primary(self) -> bool:
+        return self.rank == 0
 
     def train_step(self, batch: Mapping[str, Any], step: int) -> dict[str, Any]:
         b = _to_torch(batch, self.device)
-        sq_err = self.model.compute_loss(
-            self.api.observation(b["observation"]), b["actions"], b["noise"], b["time"]
-        )
+        sq_err = self._global_sq_err(self._forward(*_local(b, self.rank, self.world)))
+        # The loss of the *global* batch on every rank: padding-aware normalisation and delta
+        # weighting count valid steps across ranks, as on one device. Each rank's backward reaches
+        # only its own samples; DDP averages over ranks, so the loss is scaled by the world size.
         loss, info = action_loss(sq_err, b["action_is_pad"], b["actions"], self.spec)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * self.world).backward()
         grad_norm = self._clip_gradients()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(step, self.opt)
         self.optimizer.step()
         self._update_ema()
         return _scalars({"loss": loss.detach(), "grad_norm": grad_norm, **info})
+
+    def _global_sq_err(self, local: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return local
+        parts = [torch.empty_like(local) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, local.detach())
+        parts[self.rank] = local  # the one slice with a graph on this rank
+        return torch.cat(parts)
 
     @torch.no_grad()
     def _clip_gradients(self) -> torch.Tensor:
@@ -172,6 +190,43 @@ class TorchBackend:
         directory = Path(directory)
         directory.mkdir(parents=True)
         save_params_npz(directory / "params.npz", self.api.export(self.inference_model()))
+
+
+class _LossForward(torch.nn.Module):
+    """``compute_loss`` as a module ``forward``, so that DDP can wrap it."""
+
+    def __init__(self, model: torch.nn.Module, observation: Callable[[Mapping], Any]):
+        super().__init__()
+        self.model, self._observation = model, observation
+
+    def forward(self, observation, actions, noise, time) -> torch.Tensor:
+        return self.model.compute_loss(self._observation(observation), actions, noise, time)
+
+
+def _local(b: Mapping[str, Any], rank: int, world: int) -> tuple:
+    """This rank's contiguous slice of the global batch (the loop hands every rank the same one)."""
+    size = len(b["actions"])
+    if size % world:
+        raise InputError(f"train.batch_size {size} does not split over {world} ranks")
+    rows = slice(rank * size // world, (rank + 1) * size // world)
+
+    def cut(x):
+        return {k: cut(v) for k, v in x.items()} if isinstance(x, Mapping) else x[rows]
+
+    return cut(b["observation"]), b["actions"][rows], b["noise"][rows], b["time"][rows]
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size); under ``torchrun`` the process group is started here (gloo on the CPU)."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _jsonable(d: Mapping) -> dict:
