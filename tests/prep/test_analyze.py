@@ -25,8 +25,8 @@ def test_suggested_weights_follow_the_rule():
         "right_gripper": 2.0,
     }
     w = suggested_weights(rms, R1PRO, max_weight=5.0)
-    median = np.median(list(rms.values()))  # 0.75
-    raw = {g: min(max(median / m, 0.2), 5.0) if m > 0 else 5.0 for g, m in rms.items()}
+    median = 1.0  # of the moving groups: 4, 1, 0.5, 0.25, 2 (the still gripper does not count)
+    raw = {g: min(max(median / m, 0.2), 5.0) if m > 0 else 1.0 for g, m in rms.items()}
     per_dim = sum(raw[g] * (b - a) for g, (a, b) in SPANS.items()) / 23
     for g in rms:
         assert w[g] == pytest.approx(raw[g] / per_dim)

@@ -29,7 +29,9 @@ from balanced_pi0.prep.normstats import column_blocks, feature_stats, floor_scal
 
 WEIGHT_RULE = (
     "m_g = mean over training steps of ||Δa_g|| / sqrt(|g|) in normalised units (per-dimension RMS "
-    "step change); w_g = clip(median_g(m) / m_g, 1/max_weight, max_weight) (m_g = 0 gives max_weight); "
+    "step change); w_g = clip(median(m) / m_g, 1/max_weight, max_weight) with the median over the groups "
+    "that move, and w_g = 1 for a group that never moves (m_g = 0: nothing to learn, no reason to "
+    "reweight it); "
     "then renormalised to mean 1 over the real action dimensions, as the loss does. Groups that move "
     "little per step get larger weights, so every group's typical per-step change contributes alike."
 )
@@ -70,9 +72,10 @@ def _motion_of(motions: list[EpisodeMotion], group: str) -> np.ndarray:
 
 def suggested_weights(step_rms: dict[str, float], layout: GroupLayout, max_weight: float) -> dict[str, float]:
     """Group weights by ``WEIGHT_RULE`` from each group's per-dimension RMS step change."""
-    target = float(np.median(list(step_rms.values())))
+    moving = [m for m in step_rms.values() if m > 0]
+    target = float(np.median(moving)) if moving else 1.0
     raw = {
-        g: float(np.clip(target / m, 1 / max_weight, max_weight)) if m > 0 else max_weight
+        g: float(np.clip(target / m, 1 / max_weight, max_weight)) if m > 0 else 1.0
         for g, m in step_rms.items()
     }
     mean_per_dim = sum(raw[g.name] * g.size for g in layout.groups) / layout.real_action_dim
