@@ -49,3 +49,22 @@ def test_base_heavy_episodes_drive_then_reach():
         hand = slice(7, 14) if "left hand" in ep.task else slice(15, 22)
         assert np.ptp(ep.state[: driving[-1] + 1, hand], axis=0).max() == 0.0
         assert np.ptp(ep.state[:, hand], axis=0).max() > 0.1
+
+
+def test_cameras_see_the_cube_when_the_hand_arrives():
+    """Hiding the cube changes the head and named-wrist images at the end of an arm-heavy episode."""
+    env = MobileReachEnv(resolution=32, arm_heavy_fraction=1.0)
+    expert = ScriptedExpert()
+    obs = env.reset(episode_seed(0, 0))
+    expert.reset(env)
+    done = False
+    while not done:
+        obs, success, done = env.step(expert.act(obs))
+    assert success
+    mocap = env.model.body(f"cube_{env.target.colour}").mocapid[0]
+    env.data.mocap_pos[mocap] = (0.0, 0.0, -1.0)
+    env._forward()
+    hidden = env._render()
+    for cam in ("head", f"{env.target.hand}_wrist"):
+        assert not np.array_equal(obs["images"][cam], hidden[cam]), cam
+    env.close()

@@ -169,9 +169,11 @@ class MobileReachEnv:
         self._lo, self._hi = lo, hi
 
     def _forward(self) -> None:
-        # Site poses and cameras need kinematics; the expert's mj_jacSite also needs comPos.
+        # The position stages of mj_forward that matter without dynamics: body and site
+        # poses, comPos (for the expert's mj_jacSite) and camera/light poses.
         mujoco.mj_kinematics(self.model, self.data)
         mujoco.mj_comPos(self.model, self.data)
+        mujoco.mj_camlight(self.model, self.data)
 
     def _place_target(self, rng: np.random.Generator, arm_heavy: bool) -> Target:
         colours = list(robot.COLOURS)

@@ -73,7 +73,7 @@ def _arm(side: str) -> str:
               <joint name="{p}_wrist_pitch" axis="0 1 0" range="-1.6 1.6"/>
               <joint name="{p}_wrist_roll" axis="0 0 1" range="-1.6 1.6"/>
               <geom type="box" size="0.03 0.04 0.02" pos="0.02 0 0" rgba="0.25 0.25 0.28 1"/>
-              <camera name="{p}_wrist" pos="-0.02 0 0.06" xyaxes="{_look_axes(0.35)}" fovy="75"/>
+              <camera name="{p}_wrist" pos="0.01 0 0.05" xyaxes="{_look_axes(0.45)}" fovy="75"/>
               <site name="{p}_ee" pos="{HAND} 0 0" size="0.01" rgba="1 0 1 0"/>
               <body name="{p}_finger_a" pos="0.07 0.01 0">
                 <joint name="{p}_finger_a" type="slide" axis="0 1 0" range="0 {FINGER_TRAVEL}"/>
@@ -107,9 +107,12 @@ def build_mjcf() -> str:
   <option timestep="0.01"/>
   <visual>
     <quality shadowsize="0"/>
+    <headlight ambient="0.35 0.35 0.35" diffuse="0.4 0.4 0.4"/>
     <global offwidth="256" offheight="256"/>
   </visual>
   <asset>
+    <texture name="sky" type="skybox" builtin="gradient" rgb1="0.6 0.7 0.85" rgb2="0.9 0.9 0.92"
+             width="32" height="32"/>
     <texture name="grid" type="2d" builtin="checker" rgb1="0.55 0.55 0.5" rgb2="0.4 0.42 0.45"
              width="64" height="64"/>
     <material name="grid" texture="grid" texrepeat="8 8"/>
@@ -119,7 +122,7 @@ def build_mjcf() -> str:
     <geom contype="0" conaffinity="0"/>
   </default>
   <worldbody>
-    <light pos="0 0 6" dir="0 0 -1" diffuse="0.8 0.8 0.8" castshadow="false"/>
+    <light directional="true" pos="0 0 6" dir="0.3 0.2 -1" diffuse="0.7 0.7 0.7" castshadow="false"/>
     <geom name="floor" type="plane" size="12 12 0.1" material="grid"/>
     <body name="base">
       <joint name="base_x" type="slide" axis="1 0 0" limited="false"/>
