@@ -49,7 +49,7 @@ BASE_LIMITS = np.array([0.6, 0.4, 1.2])
 JOINT_RATE = 1.0
 GRIPPER_RATE = 4.0
 SUCCESS_TOLERANCE = 0.05
-SETTLE_STEPS = 3
+SETTLE_STEPS = 5
 
 #: Start pose: torso upright, upper arms down, hands low in front of the base.
 START_TORSO = np.zeros(4)
@@ -150,11 +150,10 @@ class MobileReachEnv:
         m = self.model
         names = list(robot.TORSO_JOINTS) + robot.arm_joint_names("left") + robot.arm_joint_names("right")
         self._torso_arm_qpos = np.array([m.joint(n).qposadr[0] for n in names])
-        self._arm_dofs = {
+        # Degree-of-freedom columns of each group, for Jacobian-based controllers.
+        self.torso_dofs = np.array([m.joint(n).dofadr[0] for n in robot.TORSO_JOINTS])
+        self.arm_dofs = {
             s: np.array([m.joint(n).dofadr[0] for n in robot.arm_joint_names(s)]) for s in robot.SIDES
-        }
-        self._arm_qpos = {
-            s: np.array([m.joint(n).qposadr[0] for n in robot.arm_joint_names(s)]) for s in robot.SIDES
         }
         self._fingers = {
             s: np.array([m.joint(n).qposadr[0] for n in robot.finger_joint_names(s)]) for s in robot.SIDES

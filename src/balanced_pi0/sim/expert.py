@@ -7,8 +7,9 @@ the env's MuJoCo model/data for the hand Jacobian (``mj_jacSite``). Phases:
    clipped to the env's limits) toward the pose that puts the cube in front of
    the named shoulder, facing it; skipped when the cube is already in reach;
 2. reach: damped-least-squares IK on the named arm's 7 joints, one bounded
-   step per control step, as absolute joint-position targets; the gripper
-   closes as the hand arrives. The other arm and the torso hold their pose.
+   step per control step, as absolute joint-position targets, with the torso
+   joints taking a smaller share; the gripper closes as the hand arrives. The
+   other arm holds its pose.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ K_POS, K_YAW = 1.5, 2.5
 #: IK damping (m) and the largest joint step one control step may ask for (rad).
 DAMPING = 0.05
 MAX_JOINT_STEP = 0.07
+#: Share of the reach the torso joints take, relative to the arm joints (DLS weight).
+TORSO_WEIGHT = 0.3
 CLOSE_DISTANCE = 0.08
 
 
@@ -49,7 +52,9 @@ class ScriptedExpert:
             self._driving = np.any(action[_env.BASE] != 0.0)
         if not self._driving:
             side = self.target.hand
-            action[_env.ARM_SLICES[side]] = state[_env.ARM_SLICES[side]] + self._ik_step(side)
+            dq = self._ik_step(side)
+            action[_env.TORSO] = state[_env.TORSO] + dq[:4]
+            action[_env.ARM_SLICES[side]] = state[_env.ARM_SLICES[side]] + dq[4:]
             near = self.env.ee_distance() < CLOSE_DISTANCE
             action[_env.GRIPPER_INDEX[side]] = -1.0 if near else 1.0
         return action.astype(np.float32)
@@ -98,8 +103,10 @@ class ScriptedExpert:
         m, d = self.env.model, self.env.data
         site = m.site(f"{side}_ee").id
         mujoco.mj_jacSite(m, d, self._jac, None, site)
-        jac = self._jac[:, self.env._arm_dofs[side]]
+        jac = self._jac[:, np.r_[self.env.torso_dofs, self.env.arm_dofs[side]]]
         err = self.target.pos - d.site_xpos[site]
-        dq = jac.T @ np.linalg.solve(jac @ jac.T + DAMPING**2 * np.eye(3), err)
+        # Weighted DLS: dq = W J^T (J W J^T + lambda^2 I)^-1 e, the torso helping less than the arm.
+        w = np.r_[np.full(4, TORSO_WEIGHT), np.ones(7)]
+        dq = w * (jac.T @ np.linalg.solve((jac * w) @ jac.T + DAMPING**2 * np.eye(3), err))
         biggest = np.max(np.abs(dq))
         return dq * (MAX_JOINT_STEP / biggest) if biggest > MAX_JOINT_STEP else dq
