@@ -131,6 +131,12 @@ def test_bad_action_raises(env, action, message):
         env.step(action)
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5])
+def test_bad_seed_raises(seed):
+    with pytest.raises(InputError, match="seed"):
+        MobileReachEnv(cameras=()).reset(seed)
+
+
 def test_unknown_camera_raises():
     with pytest.raises(InputError, match="chest"):
         MobileReachEnv(cameras=("head", "chest"))

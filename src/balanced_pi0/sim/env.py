@@ -100,6 +100,8 @@ class MobileReachEnv:
     # --- public API -----------------------------------------------------------------
     def reset(self, seed: int, arm_heavy: bool | None = None) -> dict:
         """Start an episode; ``arm_heavy`` forces the placement (drawn from the seed otherwise)."""
+        if not isinstance(seed, int | np.integer) or seed < 0:
+            raise InputError(f"reset: seed must be a non-negative int, got {seed!r}")
         rng = np.random.default_rng(seed)
         mujoco.mj_resetData(self.model, self.data)
         self._joint_pos = np.concatenate([START_TORSO, START_ARM, [1.0], START_ARM, [1.0]])

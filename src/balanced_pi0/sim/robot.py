@@ -111,8 +111,6 @@ def build_mjcf() -> str:
     <global offwidth="256" offheight="256"/>
   </visual>
   <asset>
-    <texture name="sky" type="skybox" builtin="gradient" rgb1="0.6 0.7 0.85" rgb2="0.9 0.9 0.92"
-             width="32" height="32"/>
     <texture name="grid" type="2d" builtin="checker" rgb1="0.55 0.55 0.5" rgb2="0.4 0.42 0.45"
              width="64" height="64"/>
     <material name="grid" texture="grid" texrepeat="8 8"/>
