@@ -98,6 +98,12 @@ STAGES: tuple[Stage, ...] = (
         per_run=True,
     ),
     Stage(
+        "expert",
+        "the scripted expert through the closed-loop harness on the eval scenes (checks the harness)",
+        "balanced_pi0.evaluate.stage:expert",
+        (Opt("--out", "results/expert/metrics.json", "expert rollout summary"),),
+    ),
+    Stage(
         "eval",
         "offline per-group metrics on the validation episodes and closed-loop rollouts of a trained run",
         "balanced_pi0.evaluate.stage:run",
@@ -106,6 +112,7 @@ STAGES: tuple[Stage, ...] = (
             Opt("--split", "data/split.json", "train/val split (validation episodes are scored)"),
             Opt("--norm-stats", "data/norm_stats", "folder of <variant>.json norm stats"),
             Opt("--run-dir", "runs/train", "trained run folder (reads final/params.npz)"),
+            Opt("--expert", "results/expert/metrics.json", "expert rollouts on the same scenes"),
             Opt("--out", "runs/train/eval", "output folder (metrics.json, offline.png, rollout GIFs)"),
         ),
         per_run=True,

@@ -93,3 +93,20 @@ def test_bad_policy_output_and_bad_chunking():
         cl.rollout(ToyEnv(), lambda obs: obs["state"], 0, n_action_steps=1, max_steps=5)
     with pytest.raises(InputError, match="n_action_steps must be > 0"):
         cl.rollout(ToyEnv(), idle_policy, 0, n_action_steps=0, max_steps=5)
+
+
+def test_scripted_expert_succeeds_through_the_harness(tmp_path):
+    """The harness is right before any model is judged by it: the expert keeps its >= 95 %."""
+    import json
+
+    from balanced_pi0 import config
+    from balanced_pi0.evaluate import stage
+
+    params = config.from_dict(
+        {"eval": {"rollouts": 20, "rollout_seed": 777}, "dataset": {"sim": {"resolution": 16}}}
+    )
+    stage.expert(params, out=str(tmp_path / "expert.json"))
+    summary = json.loads((tmp_path / "expert.json").read_text())
+    assert summary["episodes"] == 20
+    assert summary["success_rate"] >= 0.95
+    assert summary["arm_path"] > 0

@@ -57,12 +57,12 @@ def rollout(
     reset_policy: Callable[[], None] | None = None,
     record_camera: str | None = None,
 ) -> Rollout:
-    """One episode. The policy is reset (if it has state) before the env."""
+    """One episode. The policy is reset (if it has state) after the env, so it may read the new scene."""
     if n_action_steps <= 0:
         raise InputError(f"eval.n_action_steps must be > 0, got {n_action_steps}")
+    obs = env.reset(seed)
     if reset_policy is not None:
         reset_policy()
-    obs = env.reset(seed)
     states, actions, frames = [obs["state"]], [], []
     if record_camera is not None:
         frames.append(obs["images"][record_camera])

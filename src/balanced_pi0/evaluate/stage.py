@@ -7,6 +7,7 @@ and a few rollout GIFs. Same checkpoint and seeds → identical bytes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ def run(
     split: str = "data/split.json",
     norm_stats: str = "data/norm_stats",
     run_dir: str = "runs/train",
+    expert: str = "results/expert/metrics.json",
     out: str = "runs/train/eval",
 ) -> None:
     from balanced_pi0.data.loader import ChunkLoader
@@ -135,7 +137,11 @@ def run(
         )
     }
     if ec.rollouts > 0:
-        metrics["closed_loop"] = closed_loop_eval(params, sampler, policy_io, Path(out))
+        expert_path = Path(expert)
+        if not expert_path.exists():
+            raise InputError(f"{expert_path}: expert rollouts not found (run `bpi0 expert` first)")
+        expert_summary = json.loads(expert_path.read_text())
+        metrics["closed_loop"] = closed_loop_eval(params, sampler, policy_io, Path(out), expert_summary)
     out_dir = Path(out)
     io.write_json(out_dir / "metrics.json", json_safe(metrics))
     plot_offline(metrics["offline"], out_dir / "offline.png")
@@ -155,59 +161,108 @@ def make_sampler(backend, num_steps: int) -> Sampler:
     return sample
 
 
-def closed_loop_eval(params: _config.Params, sampler: Sampler, policy_io, out: Path) -> dict[str, Any]:
+def make_env(params: _config.Params):
     from balanced_pi0.sim.env import MobileReachEnv
+
+    sim = params.dataset.sim
+    return MobileReachEnv(
+        resolution=sim.resolution,
+        cameras=tuple(params.dataset.cameras),
+        max_steps=sim.max_steps,
+        fps=sim.fps,
+        arm_heavy_fraction=sim.arm_heavy_fraction,
+    )
+
+
+def rollout_seeds(params: _config.Params) -> list[int]:
+    """Held-out scenes: the dataset's episodes use seeds derived from dataset.sim.seed, these do not."""
+    return [params.eval.rollout_seed + i for i in range(params.eval.rollouts)]
+
+
+def run_rollouts(
+    params, env, make_policy, *, chunk: int, name: str, reset=None, out: Path | None = None, videos=0
+):
+    """One rollout per held-out scene; ``make_policy(seed)`` gives the scene's policy."""
+    sim = params.dataset.sim
+    rollouts = []
+    for i, seed in enumerate(tqdm(rollout_seeds(params), desc=f"rollouts ({name})", unit="ep", leave=False)):
+        r = closed_loop.rollout(
+            env,
+            make_policy(seed),
+            seed,
+            n_action_steps=chunk,
+            max_steps=sim.max_steps,
+            reset_policy=reset,
+            record_camera=params.dataset.cameras[0] if (out is not None and i < videos) else None,
+        )
+        if r.frames is not None:
+            write_gif(out / "rollouts" / f"seed{seed}.gif", r.frames, fps=sim.fps)
+        rollouts.append(r)
+    return closed_loop.summarize(rollouts, params.layout.build(), sim.fps)
+
+
+def expert(params: _config.Params, out: str = "results/expert/metrics.json") -> None:
+    """``bpi0 expert``: the scripted expert through the closed-loop harness, on the eval scenes.
+
+    Checks the harness before any model is judged by it, and is the motion reference
+    that every run's rollouts are compared with.
+    """
     from balanced_pi0.sim.expert import ScriptedExpert
 
-    ec, sim = params.eval, params.dataset.sim
-    layout = params.layout.build()
-    env = MobileReachEnv(
-        resolution=sim.resolution, cameras=tuple(params.dataset.cameras), max_steps=sim.max_steps, fps=sim.fps
+    env = make_env(params)
+    agent = ScriptedExpert()
+    summary = run_rollouts(
+        params,
+        env,
+        lambda seed: lambda obs: agent.act(obs)[None],
+        chunk=1,
+        name="expert",
+        reset=lambda: agent.reset(env),
     )
-    seeds = [ec.rollout_seed + i for i in range(ec.rollouts)]
+    io.write_json(Path(out), json_safe(summary))
+    lo, hi = summary["success_ci95"]
+    print(
+        f"expert: {summary['successes']}/{summary['episodes']} = {summary['success_rate']:.1%} "
+        f"(95% CI {lo:.1%}-{hi:.1%})"
+    )
+
+
+def closed_loop_eval(
+    params: _config.Params, sampler: Sampler, policy_io, out: Path, expert_summary: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The policy in closed loop with action chunking, compared with the expert on the same scenes."""
+    ec = params.eval
     horizon = params.model.action_horizon
-    calls = {"n": 0}
 
-    def policy(obs: Mapping[str, Any]) -> np.ndarray:
-        batch = {
-            "state": np.asarray(obs["state"], np.float32)[None],
-            "images": {cam: np.asarray(img)[None] for cam, img in obs["images"].items()},
-            "prompt": [obs["prompt"]],
-        }
-        noise = flow_noise(params.train.seed, 1_000_000 + calls["n"], 0, (1, horizon, policy_io.action_dim))
-        calls["n"] += 1
-        return policy_io.robot_actions(sampler(policy_io.observation(batch), noise))[0]
+    def policy_for(seed: int):
+        calls = iter(range(10**9))
 
-    expert = ScriptedExpert()
+        def policy(obs: Mapping[str, Any]) -> np.ndarray:
+            batch = {
+                "state": np.asarray(obs["state"], np.float32)[None],
+                "images": {cam: np.asarray(img)[None] for cam, img in obs["images"].items()},
+                "prompt": [obs["prompt"]],
+            }
+            # noise keyed by (seed, call): a scene's rollout does not depend on the other scenes
+            noise = flow_noise(params.train.seed, seed, next(calls), (1, horizon, policy_io.action_dim))
+            return policy_io.robot_actions(sampler(policy_io.observation(batch), noise))[0]
 
-    def expert_policy(obs: Mapping[str, Any]) -> np.ndarray:
-        return expert.act(obs)[None]
+        return policy
 
-    record = params.dataset.cameras[0]
-    results = {}
-    for name, pol, reset, chunk in (
-        ("policy", policy, None, ec.n_action_steps),
-        ("expert", expert_policy, lambda: expert.reset(env), 1),
-    ):
-        rollouts = []
-        for i, seed in enumerate(tqdm(seeds, desc=f"eval rollouts ({name})", unit="ep", leave=False)):
-            if name == "policy":
-                calls["n"] = seed * 10_000  # each seed's noise independent of the order of seeds
-            r = closed_loop.rollout(
-                env,
-                pol,
-                seed,
-                n_action_steps=chunk,
-                max_steps=sim.max_steps,
-                reset_policy=reset,
-                record_camera=record if (name == "policy" and i < ec.videos) else None,
-            )
-            if r.frames is not None:
-                write_gif(out / "rollouts" / f"seed{seed}.gif", r.frames, fps=sim.fps)
-            rollouts.append(r)
-        results[name] = closed_loop.summarize(rollouts, layout, sim.fps)
-    results["vs_expert"] = closed_loop.compare_with_expert(results["policy"], results["expert"])
-    return results
+    summary = run_rollouts(
+        params,
+        make_env(params),
+        policy_for,
+        chunk=ec.n_action_steps,
+        name="policy",
+        out=out,
+        videos=ec.videos,
+    )
+    return {
+        "policy": summary,
+        "expert": dict(expert_summary),
+        "vs_expert": closed_loop.compare_with_expert(summary, expert_summary),
+    }
 
 
 def write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
