@@ -123,6 +123,7 @@ def test_done_at_max_steps():
         (np.zeros(22), r"action.*shape"),
         (np.zeros((1, 23)), r"action.*shape"),
         (np.r_[np.zeros(5), np.nan, np.zeros(17)], r"action.*dim 5"),
+        (["x"] * 23, r"action.*numeric"),
     ],
 )
 def test_bad_action_raises(env, action, message):

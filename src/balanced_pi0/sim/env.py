@@ -73,6 +73,13 @@ class Target:
 
 
 class MobileReachEnv:
+    """``reset(seed) -> obs``; ``step(action[23]) -> (obs, success, done)``.
+
+    ``obs = {"state": float32[23], "images": {camera: uint8[H, W, 3]}, "prompt": str}``.
+    ``success`` is latched: True from the first step the named hand reached the cube.
+    ``target`` (colour, hand, world position, placement) is privileged, for the expert.
+    """
+
     def __init__(
         self,
         resolution: int = 64,
@@ -256,7 +263,10 @@ class MobileReachEnv:
 
 
 def _check_action(action) -> np.ndarray:
-    a = np.asarray(action, dtype=np.float64)
+    try:
+        a = np.asarray(action, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"action: not a numeric array ({e})") from None
     if a.shape != (ACTION_DIM,):
         raise InputError(f"action: expected shape [{ACTION_DIM}] (R1Pro layout), got {list(a.shape)}")
     bad = np.flatnonzero(~np.isfinite(a))
