@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from balanced_pi0.data.lowdim import LowDim, data_files, load_lowdim
+from balanced_pi0.data.lowdim import LowDim, data_files, load_lowdim, read_info
 from balanced_pi0.errors import InputError
 
 IMAGE_PREFIX = "observation.images."
@@ -149,9 +149,8 @@ class ChunkLoader:
 
 
 def _delta_indices(delta_timestamps: dict, fps: float) -> np.ndarray:
-    from lerobot.datasets.feature_utils import get_delta_indices
-
-    return np.asarray(get_delta_indices(delta_timestamps, fps)["action"], dtype=np.int64)
+    # LeRobot's get_delta_indices, without importing its torch-heavy package.
+    return np.asarray([round(d * fps) for d in delta_timestamps["action"]], dtype=np.int64)
 
 
 class _FrameSource:
@@ -163,10 +162,8 @@ class _FrameSource:
     """
 
     def __init__(self, root: Path, low: LowDim, cameras: Sequence[str] | None):
-        from lerobot.datasets.io_utils import load_info
-
-        info = load_info(root)
-        keys = {k: ft["dtype"] for k, ft in info.features.items() if ft["dtype"] in ("image", "video")}
+        info = read_info(root)
+        keys = {k: ft["dtype"] for k, ft in info["features"].items() if ft["dtype"] in ("image", "video")}
         names = [k.removeprefix(IMAGE_PREFIX) for k in keys]
         cameras = list(names if cameras is None else cameras)
         missing = [c for c in cameras if IMAGE_PREFIX + c not in keys]
@@ -174,9 +171,9 @@ class _FrameSource:
             raise InputError(
                 f"{root / 'meta/info.json'}: no camera feature(s) {missing}; cameras are {names}"
             )
-        self.root, self.cameras, self.fps = root, cameras, float(info.fps)
+        self.root, self.cameras, self.fps = root, cameras, float(info["fps"])
         self.kinds = {c: keys[IMAGE_PREFIX + c] for c in cameras}
-        self.shapes = {c: tuple(info.features[IMAGE_PREFIX + c]["shape"]) for c in cameras}
+        self.shapes = {c: tuple(info["features"][IMAGE_PREFIX + c]["shape"]) for c in cameras}
         # absolute dataset index -> row in the flat (file-concatenated) order of the data files
         self._pngs: dict[str, list] = {c: [] for c in cameras if self.kinds[c] == "image"}
         index_parts = []

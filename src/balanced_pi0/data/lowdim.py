@@ -2,14 +2,16 @@
 
 Statistics, filtering and the chunk loader all need every state and action row;
 reading them through ``LeRobotDataset.__getitem__`` decodes images per row and is
-orders of magnitude slower. Here the metadata goes through LeRobot's own readers
-(``load_info``, ``load_tasks``) and the data parquet files are read column by
-column with pyarrow, never touching the network, and the result is validated
-once so that later stages can trust it.
+orders of magnitude slower. The v3.0 files are read directly with json and
+pyarrow (column by column, never touching the network): importing LeRobot's
+reader pulls in torch, ~30 s per process on a shared 2-core machine, which every
+stage would pay. The tests hold the result equal to ``LeRobotDataset``'s items.
+The result is validated once so that later stages can trust it.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -100,8 +102,8 @@ def load_lowdim(root: str | Path, *, action_dim: int | None = None) -> LowDim:
     ``action_dim``, when given, is the width the action layout expects.
     """
     root = Path(root)
-    info = _load_info(root)
-    features = info.features
+    info = read_info(root)
+    features = info["features"]
     for key in (STATE_KEY, ACTION_KEY):
         if key not in features:
             raise InputError(f"{root / INFO_FILE}: missing feature {key!r}; features are {sorted(features)}")
@@ -114,7 +116,7 @@ def load_lowdim(root: str | Path, *, action_dim: int | None = None) -> LowDim:
     order = np.lexsort((cols["frame_index"], cols["episode_index"]))
     cols = {k: v[order] for k, v in cols.items()}
     episodes, ep_start, counts = np.unique(cols["episode_index"], return_index=True, return_counts=True)
-    _check_episodes(root, info, episodes, counts)
+    _check_episodes(root, info["total_episodes"], episodes, counts)
     for key in (STATE_KEY, ACTION_KEY):
         _check_finite(root, key, cols[key], cols["episode_index"], cols["frame_index"])
     task_names = _load_task_names(root)
@@ -132,34 +134,38 @@ def load_lowdim(root: str | Path, *, action_dim: int | None = None) -> LowDim:
         episodes=episodes.astype(np.int64),
         ep_start=ep_start,
         ep_stop=ep_start + counts.astype(np.int64),
-        fps=float(info.fps),
+        fps=float(info["fps"]),
         tasks=[task_names[i] for i in task_index[ep_start]],
         task_names=task_names,
     )
 
 
-def _load_info(root: Path):
-    from lerobot.datasets.io_utils import load_info
-
-    if not (root / INFO_FILE).is_file():
-        raise InputError(f"{root / INFO_FILE}: not found; {root} is not a LeRobot dataset root")
+def read_info(root: Path) -> dict:
+    """``meta/info.json`` of a v3.0 dataset, checked for the keys this package reads."""
+    path = root / INFO_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: not found; {root} is not a LeRobot dataset root")
     try:
-        info = load_info(root)
-    except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{root / INFO_FILE}: cannot be read as LeRobot info: {e}") from None
-    if not str(info.codebase_version).startswith("v3."):
-        raise InputError(f"{root / INFO_FILE}: codebase_version {info.codebase_version!r}, expected v3.x")
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON: {e}") from None
+    missing = [k for k in ("codebase_version", "fps", "features", "total_episodes") if k not in info]
+    if missing:
+        raise InputError(f"{path}: missing key(s) {missing}")
+    if not str(info["codebase_version"]).startswith("v3."):
+        raise InputError(f"{path}: codebase_version {info['codebase_version']!r}, expected v3.x")
     return info
 
 
 def _load_task_names(root: Path) -> list[str]:
-    from lerobot.datasets.io_utils import load_tasks
-
-    if not (root / TASKS_FILE).is_file():
-        raise InputError(f"{root / TASKS_FILE}: not found")
-    tasks = load_tasks(root)
-    names = [""] * len(tasks)
-    for name, idx in zip(tasks.index, tasks["task_index"], strict=True):
+    path = root / TASKS_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: not found")
+    table = pq.read_table(path)
+    if not {"task", "task_index"} <= set(table.column_names):
+        raise InputError(f"{path}: expected columns 'task' and 'task_index', got {table.column_names}")
+    names = [""] * table.num_rows
+    for name, idx in zip(table["task"].to_pylist(), table["task_index"].to_pylist(), strict=True):
         names[int(idx)] = str(name)
     return names
 
@@ -196,8 +202,8 @@ def _to_numpy(column, name: str, path: Path) -> np.ndarray:
     return np.ascontiguousarray(flat.reshape(len(column), width), dtype=np.float32)
 
 
-def _check_episodes(root: Path, info, episodes: np.ndarray, counts: np.ndarray) -> None:
-    if info.total_episodes == 0 or len(episodes) == 0:
+def _check_episodes(root: Path, total_episodes: int, episodes: np.ndarray, counts: np.ndarray) -> None:
+    if total_episodes == 0 or len(episodes) == 0:
         raise InputError(f"{root}: the dataset has no frames")
     lengths = _episode_lengths(root)
     for ep, length in lengths.items():
