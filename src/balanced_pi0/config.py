@@ -131,7 +131,7 @@ class FilterConfig:
     #: arm-heavy when arm_motion / base_motion >= ratio_threshold ...
     ratio_threshold: float = Field(1.0, gt=0.0)
     #: ... and arm_motion >= min_arm_motion (radians of summed joint path): only keeps idle
-    #: episodes out, so it sits well below the smallest reach of the embedded task (~0.36 rad)
+    #: episodes out, so it sits well below the smallest reach of the embedded task (~0.27 rad)
     min_arm_motion: float = Field(0.1, ge=0.0)
     #: base travel (m) below which the ratio's denominator is floored, so a still base stays finite
     min_base_motion: float = Field(0.05, gt=0.0)
