@@ -82,6 +82,8 @@ ENV SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH} \
     HF_HUB_OFFLINE=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics \
     PYTHONDONTWRITEBYTECODE=1 \
+    XDG_CACHE_HOME=/tmp/cache \
+    MPLCONFIGDIR=/tmp/matplotlib \
     PATH=/opt/venv/bin:${PATH}
 
 # What uv.lock installs, stated for `docker inspect` (a test holds these equal to uv.lock).
