@@ -96,18 +96,37 @@ def test_base_command_clipped_to_limits():
     )
 
 
-def test_joints_track_targets_at_bounded_rate():
+@pytest.mark.parametrize(("arm", "other"), [(slice(7, 14), slice(15, 22)), (slice(15, 22), slice(7, 14))])
+def test_arm_targets_move_only_the_named_arm_at_bounded_rate(arm, other):
     env = MobileReachEnv(cameras=(), fps=10)
     obs = env.reset(0)
     start = obs["state"].copy()
     a = hold(obs)
-    a[7] = start[7] - 1.0  # left shoulder pitch: far target
-    a[8] = start[8] + 0.05  # left shoulder abduction: within one step
+    a[arm.start] = start[arm.start] - 1.0  # shoulder pitch: far target
+    a[arm.start + 1] = start[arm.start + 1] + 0.05  # shoulder abduction: within one step
+    ee = {side: env.ee_pos(side) for side in ("left", "right")}
     obs, _, _ = env.step(a)
     step = sim_env.JOINT_RATE / 10
-    np.testing.assert_allclose(obs["state"][7], start[7] - step, atol=1e-6)
-    np.testing.assert_allclose(obs["state"][8], start[8] + 0.05, atol=1e-6)
-    np.testing.assert_array_equal(obs["state"][15:22], start[15:22])
+    np.testing.assert_allclose(obs["state"][arm.start], start[arm.start] - step, atol=1e-6)
+    np.testing.assert_allclose(obs["state"][arm.start + 1], start[arm.start + 1] + 0.05, atol=1e-6)
+    np.testing.assert_array_equal(obs["state"][other], start[other])
+    np.testing.assert_array_equal(obs["state"][0:7], start[0:7])
+    moved = "left" if arm.start == 7 else "right"
+    still = "right" if moved == "left" else "left"
+    assert np.linalg.norm(env.ee_pos(moved) - ee[moved]) > 0.01
+    # Only float32 rounding of the held targets (the state is float32) may move the other hand.
+    np.testing.assert_allclose(env.ee_pos(still), ee[still], atol=1e-6)
+
+
+def test_gripper_action_opens_and_closes_the_named_gripper():
+    env = MobileReachEnv(cameras=(), fps=10)
+    obs = env.reset(0)
+    a = hold(obs)
+    a[sim_env.LEFT_GRIPPER] = -1.0
+    for _ in range(10):
+        obs, _, _ = env.step(a)
+    assert obs["state"][sim_env.LEFT_GRIPPER] == -1.0
+    assert obs["state"][sim_env.RIGHT_GRIPPER] == 1.0
 
 
 def test_done_at_max_steps():
@@ -136,6 +155,11 @@ def test_bad_action_raises(env, action, message):
 def test_bad_seed_raises(seed):
     with pytest.raises(InputError, match="seed"):
         MobileReachEnv(cameras=()).reset(seed)
+
+
+def test_step_before_reset_raises():
+    with pytest.raises(InputError, match="reset"):
+        MobileReachEnv(cameras=()).step(np.zeros(23))
 
 
 def test_unknown_camera_raises():

@@ -16,17 +16,22 @@ def rollouts(n: int, arm_heavy_fraction: float = 0.5):
     return [rollout(env, expert, episode_seed(0, i)) for i in range(n)]
 
 
-def test_expert_succeeds_on_ten_seeds():
-    episodes = rollouts(10)
-    assert sum(e.success for e in episodes) >= 9
-    assert len({len(e.action) for e in episodes}) > 1  # variable lengths
-
-
-@pytest.mark.slow
 def test_expert_success_rate_at_least_95_percent():
+    # Kinematic rollouts without cameras take ~10 ms each, so the spec's rate is checked by default.
     episodes = rollouts(100)
     rate = np.mean([e.success for e in episodes])
     print(f"expert success over 100 seeds: {rate:.1%}")
+    assert rate >= 0.95
+    assert len({len(e.action) for e in episodes}) > 10  # variable lengths: chunks pad at episode ends
+    assert 0 < np.mean([e.arm_heavy for e in episodes]) < 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arm_heavy_fraction", [0.0, 1.0])
+def test_expert_success_rate_per_placement(arm_heavy_fraction):
+    episodes = rollouts(1000, arm_heavy_fraction)
+    rate = np.mean([e.success for e in episodes])
+    print(f"expert success over 1000 seeds, arm_heavy_fraction={arm_heavy_fraction}: {rate:.1%}")
     assert rate >= 0.95
 
 
