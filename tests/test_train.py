@@ -653,6 +653,7 @@ def test_stage_trains_resumes_and_exports(backend, prepared, tmp_path):
         "arm_heavy",
         "train",
     ]
+    assert meta["determinism"]["env_matches"], meta["determinism"]["env"]
     metrics = json.loads((tmp_path / "full" / "live" / "metrics.json").read_text())
     assert metrics["step"] == 4 and np.isfinite(metrics["loss"])
     assert set(metrics["group_loss"]) == {

@@ -468,9 +468,11 @@ def train(
     metrics and plots), ``out/metadata.json`` and, at the end, ``out/final/params.npz``
     (EMA params by openpi path). ``stop_after`` ends the run early at that step, as a kill would.
     """
+    from balanced_pi0 import determinism
     from balanced_pi0.data.loader import ChunkLoader
     from balanced_pi0.policy_io import PolicyIO
 
+    determinism.apply()  # before the backend's framework runs anything: XLA reads its flags once
     tc = params.train
     needs_arm_heavy = any(p.episodes == "arm_heavy" for p in tc.curriculum)
     sets = load_episode_sets(split, arm_heavy if needs_arm_heavy else None)
@@ -492,6 +494,7 @@ def train(
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     backend = make_backend(params)
+    determinism.apply()  # again, now that torch (if it is the backend) is imported: its switches
     if backend.is_primary:
         _write_json(RunPaths(run_dir).metadata, run_metadata(params, curriculum, norm_stats))
     run_loop(
@@ -506,10 +509,11 @@ def train(
 
 
 def run_metadata(params: _config.Params, curriculum: Sequence[Phase], norm_stats: str) -> dict:
-    """What a reader needs to trust the run; no clock, no host names."""
+    """What a reader needs to trust the run: params, data, determinism flags, versions; no clock."""
     from importlib.metadata import version
 
-    libs = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "torch", "numpy", "lerobot")
+    from balanced_pi0 import determinism
+
     return {
         "backend": params.train.backend,
         "params": _config.to_dict(params),
@@ -523,6 +527,6 @@ def run_metadata(params: _config.Params, curriculum: Sequence[Phase], norm_stats
             }
             for p in curriculum
         ],
-        "versions": {lib: version(lib) for lib in libs},
-        "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")},
+        "determinism": determinism.record(),
+        "versions": {lib: version(lib) for lib in ("orbax-checkpoint", "lerobot", "dvclive", "safetensors")},
     }

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from balanced_pi0 import config as _config
 from balanced_pi0 import model_config
@@ -104,7 +104,9 @@ class JaxBackend:
         ema = jax.tree.map(jnp.copy, params) if self.opt.ema_decay is not None else None
         # Data parallel over every device: state replicated, batch split on its leading axis. The
         # loss is computed on the global batch, so padding-aware normalisation is exactly one device's.
-        self.mesh = jax.make_mesh((jax.device_count(),), ("data",))
+        # Auto axes: XLA propagates the batch sharding through the model (Explicit axes would ask
+        # every gather in the model to name its output sharding).
+        self.mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
         self._replicated = NamedSharding(self.mesh, PartitionSpec())
         self._batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
         self.state = jax.device_put(TrainState(params, self.tx.init(params), ema), self._replicated)

@@ -58,6 +58,7 @@ class TorchBackend:
         self.spec = LossSpec.from_config(params)
         self.device = torch.device(device)
         self.api = model_api or pi0_api()
+        self.rank, self.world = _process_group()
 
     # --- lifecycle -------------------------------------------------------------------
     def init(self, initial: Mapping[str, np.ndarray] | None = None) -> None:
@@ -79,7 +80,6 @@ class TorchBackend:
         self.ema = None
         if opt.ema_decay is not None:
             self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters()}
-        self.rank, self.world = _process_group()
         self._forward = _LossForward(self.model, self.api.observation)
         if self.world > 1:
             self._forward = torch.nn.parallel.DistributedDataParallel(self._forward)
