@@ -71,6 +71,7 @@
           lib.composeManyExtensions [
             pyproject-build-systems.overlays.wheel
             lockOverlay
+            (import ./nix/build-systems.nix)
             (import ./nix/cuda.nix {
               inherit lib;
               inherit (python) sitePackages;

@@ -188,7 +188,7 @@ def nix_eval(expr_file: Path) -> object:
 
 
 @needs_nix
-@pytest.mark.parametrize("path", ["flake.nix", "nix/cuda.nix"])
+@pytest.mark.parametrize("path", ["flake.nix", "nix/cuda.nix", "nix/build-systems.nix"])
 def test_nix_files_parse(path):
     result = subprocess.run(
         ["nix-instantiate", "--parse", str(ROOT / path)],
