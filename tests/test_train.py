@@ -376,6 +376,12 @@ def test_non_finite_loss_names_step_and_episodes_and_keeps_last_checkpoint(backe
     assert not list(ckpts.glob(".tmp-*")) and not (tmp_path / "final").exists()
 
 
+def test_resuming_under_other_params_is_refused(tmp_path):
+    run(make_params("torch"), tmp_path, stop_after=2)
+    with pytest.raises(train.InputError, match="different params"):
+        run(make_params("torch", seed=1), tmp_path)
+
+
 def test_interrupted_checkpoint_write_leaves_no_checkpoint(tmp_path):
     class Failing:
         def save(self, directory):

@@ -350,7 +350,8 @@ def run_loop(
     total = tc.total_steps
     remove_partial_checkpoints(paths.checkpoints)
     backend.init(initial_params)
-    start = _resume(paths.checkpoints, backend, batches)
+    digest = params_digest(params)
+    start = _resume(paths.checkpoints, backend, batches, digest)
     end = total if stop_after is None else min(stop_after, total)
     primary = backend.is_primary
     logger = Logger(paths.live, start, total, enabled=progress) if primary else None
@@ -364,7 +365,12 @@ def run_loop(
             if step % tc.log_every == 0 or step == total - 1:
                 logger.log(step, metrics)
             if done % tc.checkpoint_every == 0 or done == total:
-                state = {"step": done, "seed": tc.seed, "loader": batches.state_dict()}
+                state = {
+                    "step": done,
+                    "seed": tc.seed,
+                    "loader": batches.state_dict(),
+                    "params_digest": digest,
+                }
                 write_checkpoint(paths.checkpoints, done, backend, state, tc.keep_checkpoints)
     finally:
         if logger is not None:
@@ -374,12 +380,24 @@ def run_loop(
     return end
 
 
-def _resume(root: Path, backend: Backend, batches: CurriculumBatches) -> int:
+def params_digest(params: _config.Params) -> str:
+    """Fingerprint of the params a checkpoint was trained with."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(_config.to_dict(params), sort_keys=True).encode()).hexdigest()
+
+
+def _resume(root: Path, backend: Backend, batches: CurriculumBatches, digest: str) -> int:
     checkpoints = list_checkpoints(root)
     if not checkpoints:
         return 0
     _, path = checkpoints[-1]
     state = _read_json(path / STATE_FILE)
+    if state.get("params_digest") != digest:
+        # Resuming under other params would silently mix two experiments.
+        raise InputError(
+            f"{path}: checkpoint was trained with different params; remove {root.parent} or train into another --out"
+        )
     backend.restore(path / "model")
     batches.load_state_dict(state["loader"])
     return int(state["step"])
