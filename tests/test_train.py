@@ -376,10 +376,13 @@ def test_non_finite_loss_names_step_and_episodes_and_keeps_last_checkpoint(backe
     assert not list(ckpts.glob(".tmp-*")) and not (tmp_path / "final").exists()
 
 
-def test_resuming_under_other_params_is_refused(tmp_path):
-    run(make_params("torch"), tmp_path, stop_after=2)
-    with pytest.raises(train.InputError, match="different params"):
-        run(make_params("torch", seed=1), tmp_path)
+def test_checkpoints_of_other_params_are_not_resumed(tmp_path):
+    run(make_params("torch"), tmp_path / "changed", stop_after=4)
+    run(make_params("torch", seed=1), tmp_path / "changed")
+    run(make_params("torch", seed=1), tmp_path / "fresh")
+    assert tree_digest(tmp_path / "changed" / "final") == tree_digest(tmp_path / "fresh" / "final")
+    loss_tsv = (tmp_path / "changed" / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()
+    assert len(loss_tsv) == 1 + 6
 
 
 def test_interrupted_checkpoint_write_leaves_no_checkpoint(tmp_path):

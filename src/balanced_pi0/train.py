@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -394,10 +395,12 @@ def _resume(root: Path, backend: Backend, batches: CurriculumBatches, digest: st
     _, path = checkpoints[-1]
     state = _read_json(path / STATE_FILE)
     if state.get("params_digest") != digest:
-        # Resuming under other params would silently mix two experiments.
-        raise InputError(
-            f"{path}: checkpoint was trained with different params; remove {root.parent} or train into another --out"
-        )
+        # Another experiment's checkpoints (DVC reruns the stage after a params change): resuming
+        # would mix the two, so the run starts over, as DVC expects of a stage whose params changed.
+        print(f"{root}: checkpoints were trained under other params; training from scratch", file=sys.stderr)
+        shutil.rmtree(root)
+        shutil.rmtree(root.parent / "live", ignore_errors=True)
+        return 0
     backend.restore(path / "model")
     batches.load_state_dict(state["loader"])
     return int(state["step"])
