@@ -94,6 +94,7 @@ class JaxBackend:
         self.api = model_api or pi0_api()
         self.tx = make_optimizer(self.opt)
         self.state: TrainState | None = None
+        self._jit_sample: dict[int, Any] = {}
 
     # --- lifecycle -------------------------------------------------------------------
     def init(self, initial: Mapping[str, np.ndarray] | None = None) -> None:
@@ -156,9 +157,15 @@ class JaxBackend:
         return nnx.merge(self.graphdef, self.inference_params(), self.rest)
 
     def sample(self, observation: Mapping[str, Any], noise: np.ndarray, num_steps: int) -> np.ndarray:
-        actions = self.model().sample_actions(
-            self.api.observation(observation), jnp.asarray(noise), num_steps
-        )
+        # Compiled once per step count: evaluation calls this for every chunk of every rollout.
+        if num_steps not in self._jit_sample:
+            graphdef, rest, make_obs = self.graphdef, self.rest, self.api.observation
+
+            def sample(params, obs, noise):
+                return nnx.merge(graphdef, params, rest).sample_actions(make_obs(obs), noise, num_steps)
+
+            self._jit_sample[num_steps] = jax.jit(sample)
+        actions = self._jit_sample[num_steps](self.inference_params(), dict(observation), jnp.asarray(noise))
         return np.asarray(actions)
 
     def export(self, directory: Path) -> None:

@@ -62,6 +62,7 @@ class TorchBackend:
 
     # --- lifecycle -------------------------------------------------------------------
     def init(self, initial: Mapping[str, np.ndarray] | None = None) -> None:
+        self._params_version, self._sample_model = getattr(self, "_params_version", 0) + 1, None
         torch.manual_seed(self.seed)  # parameter initialisation draws from the global generator
         self.model = self.api.build(self.model_config)
         if initial is not None:
@@ -89,6 +90,7 @@ class TorchBackend:
         return self.rank == 0
 
     def train_step(self, batch: Mapping[str, Any], step: int) -> dict[str, Any]:
+        self._params_version += 1
         b = _to_torch(batch, self.device)
         sq_err = self._global_sq_err(self._forward(*_local(b, self.rank, self.world)))
         # The loss of the *global* batch on every rank: padding-aware normalisation and delta
@@ -150,6 +152,7 @@ class TorchBackend:
         (directory / "optimizer.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     def restore(self, directory: Path) -> None:
+        self._params_version += 1
         directory = Path(directory)
         tensors = load_file(str(directory / "tensors.safetensors"), device=str(self.device))
         meta = json.loads((directory / "optimizer.json").read_text())
@@ -180,7 +183,11 @@ class TorchBackend:
 
     @torch.no_grad()
     def sample(self, observation: Mapping[str, Any], noise: np.ndarray, num_steps: int) -> np.ndarray:
-        model = self.inference_model()
+        # The EMA copy is made once per set of params, not per call (evaluation samples every chunk).
+        key = self._params_version
+        if self._sample_model is None or self._sample_model[0] != key:
+            self._sample_model = (key, self.inference_model())
+        model = self._sample_model[1]
         obs = self.api.observation(_to_torch(observation, self.device))
         actions = model.sample_actions(obs, torch.from_numpy(noise).to(self.device), num_steps)
         return actions.cpu().numpy()
