@@ -9,6 +9,8 @@ optimiser, the checkpoints and the data flow, not the architecture.
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -383,6 +385,22 @@ def test_checkpoints_of_other_params_are_not_resumed(tmp_path):
     assert tree_digest(tmp_path / "changed" / "final") == tree_digest(tmp_path / "fresh" / "final")
     loss_tsv = (tmp_path / "changed" / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()
     assert len(loss_tsv) == 1 + 6
+
+
+def test_checkpoints_without_their_log_are_not_resumed(tmp_path):
+    """DVC deletes a stage's logs before a rerun; a resumed run could not log the early steps again."""
+    run(make_params("torch"), tmp_path / "logless", stop_after=4)
+    shutil.rmtree(tmp_path / "logless" / "live")
+    run(make_params("torch"), tmp_path / "logless")
+    run(make_params("torch"), tmp_path / "fresh")
+    assert tree_digest(tmp_path / "logless") == tree_digest(tmp_path / "fresh")
+
+
+def test_logged_files_hold_no_wall_clock_metric(tmp_path):
+    run(make_params("torch"), tmp_path)
+    live = tmp_path / "live"
+    assert "samples_per_s" not in json.loads((live / "metrics.json").read_text())
+    assert not list(live.rglob("samples_per_s*"))
 
 
 def test_interrupted_checkpoint_write_leaves_no_checkpoint(tmp_path):

@@ -270,6 +270,10 @@ def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+#: Metrics that depend on the clock: on the progress bar only, so logged files repeat byte for byte.
+WALL_CLOCK_METRICS = ("samples_per_s",)
+
+
 class Logger:
     """dvclive metrics (no timestamps: outputs must not depend on the clock) and a tqdm bar."""
 
@@ -286,12 +290,16 @@ class Logger:
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         self.live.step = step
         for k, v in metrics.items():
+            if k in WALL_CLOCK_METRICS:  # shown on the bar, kept out of the files DVC hashes
+                continue
             self.live.log_metric(k, v, timestamp=False)
         self.live.next_step()
 
-    def tick(self, loss: float) -> None:
+    def tick(self, metrics: Mapping[str, float]) -> None:
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        self.bar.set_postfix(
+            loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.1f}", refresh=False
+        )
 
     def close(self) -> None:
         self.bar.close()
@@ -362,7 +370,7 @@ def run_loop(
             done = step + 1
             if not primary:
                 continue
-            logger.tick(metrics["loss"])
+            logger.tick(metrics)
             if step % tc.log_every == 0 or step == total - 1:
                 logger.log(step, metrics)
             if done % tc.checkpoint_every == 0 or done == total:
@@ -394,10 +402,17 @@ def _resume(root: Path, backend: Backend, batches: CurriculumBatches, digest: st
         return 0
     _, path = checkpoints[-1]
     state = _read_json(path / STATE_FILE)
+    reason = None
     if state.get("params_digest") != digest:
         # Another experiment's checkpoints (DVC reruns the stage after a params change): resuming
         # would mix the two, so the run starts over, as DVC expects of a stage whose params changed.
-        print(f"{root}: checkpoints were trained under other params; training from scratch", file=sys.stderr)
+        reason = "were trained under other params"
+    elif not (root.parent / "live" / "metrics.json").exists():
+        # The logs of the steps before the checkpoint are gone (deleted by hand, or by DVC): a
+        # resumed run could not log them again, so its outputs would be incomplete.
+        reason = "have no training log beside them"
+    if reason is not None:
+        print(f"{root}: checkpoints {reason}; training from scratch", file=sys.stderr)
         shutil.rmtree(root)
         shutil.rmtree(root.parent / "live", ignore_errors=True)
         return 0
