@@ -222,6 +222,8 @@ class EvalConfig:
     num_flow_samples: int = Field(4, gt=0)
     num_steps: int = Field(10, gt=0)
     rollouts: int = Field(20, ge=0)
+    #: control steps before a rollout counts as failed (the expert needs at most ~90 in the default task)
+    max_steps: int = Field(120, gt=0)
     rollout_seed: int = 10_000
     n_action_steps: int = Field(5, gt=0)
     videos: int = Field(2, ge=0)

@@ -168,7 +168,7 @@ def make_env(params: _config.Params):
     return MobileReachEnv(
         resolution=sim.resolution,
         cameras=tuple(params.dataset.cameras),
-        max_steps=sim.max_steps,
+        max_steps=params.eval.max_steps,
         fps=sim.fps,
         arm_heavy_fraction=sim.arm_heavy_fraction,
     )
@@ -191,7 +191,7 @@ def run_rollouts(
             make_policy(seed),
             seed,
             n_action_steps=chunk,
-            max_steps=sim.max_steps,
+            max_steps=params.eval.max_steps,
             reset_policy=reset,
             record_camera=params.dataset.cameras[0] if (out is not None and i < videos) else None,
         )
