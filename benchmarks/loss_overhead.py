@@ -1,13 +1,13 @@
 """What the padding-aware, group-weighted loss costs in a training step.
 
-One optimiser step of a small MLP velocity model (flow matching, pi0's
-convention) with the plain mean of the squared error versus ``action_loss``
+One optimiser step of the tiny pi0 (or, with ``--model mlp``, a small MLP velocity
+model; flow matching, pi0's convention) with the plain mean of the squared error versus ``action_loss``
 (``token`` normalisation, ``delta`` weighting: the most expensive strategy), in
 JAX (jitted step) and PyTorch (eager step), measured in one run. Rounds of the
 two variants alternate so that drift on a shared machine hits both alike; the
 fastest and the median round are reported. One thread per backend, for stable numbers.
 
-    uv run python benchmarks/loss_overhead.py [--batch-size 16] [--horizon 10] [--hidden 512]
+    uv run python benchmarks/loss_overhead.py [--model pi0|mlp] [--batch-size 16] [--horizon 10] [--steps 50]
 """
 
 from __future__ import annotations
@@ -168,6 +168,113 @@ def torch_steps(batch, hidden: int, steps: int, rounds: int) -> dict[str, list[f
     return {v: [x / steps for x in t] for v, t in _timed_rounds(run_round, list(models), rounds).items()}
 
 
+# --------------------------------------------------------------------------------------
+# The tiny pi0 (the embedded default's model), both backends
+# --------------------------------------------------------------------------------------
+def _pi0_inputs(batch, cfg, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    b, h, d = batch["actions"].shape
+    res = cfg.image_resolution
+    return {
+        "images": {c: rng.uniform(-1, 1, (b, res, res, 3)).astype(np.float32) for c in cfg.cameras},
+        "image_masks": {c: np.ones(b, bool) for c in cfg.cameras},
+        "state": np.pad(batch["state"], ((0, 0), (0, d - batch["state"].shape[1]))),
+        "tokenized_prompt": rng.integers(3, 200, (b, cfg.max_token_len)).astype(np.int32),
+        "tokenized_prompt_mask": np.arange(cfg.max_token_len)[None].repeat(b, 0) < 30,
+        "noise": rng.normal(size=(b, h, d)).astype(np.float32),
+        "time": (rng.beta(1.5, 1.0, b) * 0.999 + 0.001).astype(np.float32),
+    }
+
+
+def jax_pi0_steps(batch, cfg, steps: int, rounds: int) -> dict[str, list[float]]:
+    from flax import nnx
+
+    from balanced_pi0.backends.jax.pi0 import Observation, Pi0
+
+    x = _pi0_inputs(batch, cfg)
+    obs = Observation(
+        **{
+            k: jax.tree.map(jnp.asarray, x[k])
+            for k in ("images", "image_masks", "state", "tokenized_prompt", "tokenized_prompt_mask")
+        }
+    )
+    actions, pad = jnp.asarray(batch["actions"]), jnp.asarray(batch["action_is_pad"])
+    noise, t = jnp.asarray(x["noise"]), jnp.asarray(x["time"])
+    graphdef, params, rest = nnx.split(Pi0(cfg, nnx.Rngs(0)), nnx.Param, ...)
+    opt = optax.adam(1e-4)
+
+    def make_step(use_action_loss: bool):
+        def loss_fn(params):
+            sq_err = nnx.merge(graphdef, params, rest).compute_loss(obs, actions, noise, t)
+            return action_loss(sq_err, pad, actions, SPEC)[0] if use_action_loss else jnp.mean(sq_err)
+
+        @jax.jit
+        def step(params, opt_state):
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        return step
+
+    state = {}
+    for variant, use in (("mean", False), ("action_loss", True)):
+        step = make_step(use)
+        carry = (params, opt.init(params))
+        for _ in range(3):
+            *carry, loss = step(*carry)
+        jax.block_until_ready(loss)
+        state[variant] = (step, carry)
+
+    def run_round(variant):
+        step, carry = state[variant]
+        for _ in range(steps):
+            *carry, loss = step(*carry)
+        jax.block_until_ready(loss)
+        state[variant] = (step, carry)
+
+    return {v: [x / steps for x in t] for v, t in _timed_rounds(run_round, list(state), rounds).items()}
+
+
+def torch_pi0_steps(batch, cfg, steps: int, rounds: int) -> dict[str, list[float]]:
+    from balanced_pi0.backends.torch.pi0 import Observation, Pi0
+
+    x = _pi0_inputs(batch, cfg)
+    as_t = lambda a: torch.from_numpy(np.asarray(a))  # noqa: E731
+    obs = Observation(
+        images={c: as_t(v) for c, v in x["images"].items()},
+        image_masks={c: as_t(v) for c, v in x["image_masks"].items()},
+        state=as_t(x["state"]),
+        tokenized_prompt=as_t(x["tokenized_prompt"]).long(),
+        tokenized_prompt_mask=as_t(x["tokenized_prompt_mask"]),
+    )
+    actions, pad = as_t(batch["actions"]), as_t(batch["action_is_pad"])
+    noise, t = as_t(x["noise"]), as_t(x["time"])
+
+    def make_model():
+        torch.manual_seed(0)
+        model = Pi0(cfg)
+        return model, torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step(model, opt, use_action_loss: bool):
+        sq_err = model.compute_loss(obs, actions, noise, t)
+        loss = action_loss(sq_err, pad, actions, SPEC)[0] if use_action_loss else sq_err.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    models = {"mean": make_model(), "action_loss": make_model()}
+    for variant, (model, opt) in models.items():
+        for _ in range(3):
+            step(model, opt, variant == "action_loss")
+
+    def run_round(variant):
+        model, opt = models[variant]
+        for _ in range(steps):
+            step(model, opt, variant == "action_loss")
+
+    return {v: [x / steps for x in t] for v, t in _timed_rounds(run_round, list(models), rounds).items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=16)
@@ -175,11 +282,35 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--steps", type=int, default=50, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--model",
+        choices=("mlp", "pi0"),
+        default="pi0",
+        help="the tiny pi0 (default) or a small MLP velocity model",
+    )
+    parser.add_argument(
+        "--resolution", type=int, default=32, help="pi0 image resolution (the default pipeline's)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     batch = make_batch(args.batch_size, args.horizon)
+    if args.model == "pi0":
+        from balanced_pi0.model_config import get_config
+
+        cfg = get_config("tiny", action_horizon=args.horizon, image_resolution=args.resolution)
+        runs = (
+            ("jax (jit)", lambda b: jax_pi0_steps(b, cfg, args.steps, args.rounds)),
+            ("torch", lambda b: torch_pi0_steps(b, cfg, args.steps, args.rounds)),
+        )
+        model = f"tiny pi0 at {args.resolution} px"
+    else:
+        runs = (
+            ("jax (jit)", lambda b: jax_steps(b, args.hidden, args.steps, args.rounds)),
+            ("torch", lambda b: torch_steps(b, args.hidden, args.steps, args.rounds)),
+        )
+        model = f"MLP hidden {args.hidden}"
     print(
-        f"batch {args.batch_size} x horizon {args.horizon} x {MODEL_ACTION_DIM} dims, MLP hidden {args.hidden}; "
+        f"batch {args.batch_size} x horizon {args.horizon} x {MODEL_ACTION_DIM} dims, {model}; "
         f"action_loss = {SPEC.strategy}/{SPEC.mask_normalization}; {args.rounds} rounds x {args.steps} steps"
     )
     print(
@@ -188,8 +319,8 @@ def main() -> None:
     print(
         f"{'backend':10s} {'':7s} {'mean':>8s} {'action_loss':>12s} {'added':>7s} {'ratio':>7s} {'overhead':>9s}"
     )
-    for name, run in (("jax (jit)", jax_steps), ("torch", torch_steps)):
-        times = run(batch, args.hidden, args.steps, args.rounds)
+    for name, run in runs:
+        times = run(batch)
         for stat in (min, statistics.median):
             plain, ours = stat(times["mean"]), stat(times["action_loss"])
             print(
