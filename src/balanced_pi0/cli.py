@@ -44,6 +44,12 @@ STAGES: tuple[Stage, ...] = (
         "balanced_pi0.cli:show_layout",
     ),
     Stage(
+        "env",
+        "record the environment: determinism flags, library versions, devices",
+        "balanced_pi0.environment:run",
+        (Opt("--out", "results/environment.json", "environment record"),),
+    ),
+    Stage(
         "fetch",
         "write the LeRobot v3.0 dataset from dataset.source (sim, hub:<repo_id>, b1k:<path>) and split.json",
         "balanced_pi0.data.fetch:fetch",

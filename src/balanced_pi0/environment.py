@@ -1,0 +1,25 @@
+"""``bpi0 env``: the pipeline's environment as an output of its own.
+
+The determinism flags (applied, as every stage applies them), library versions and the
+devices both frameworks see: the paper's numbers are claimed for this environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from balanced_pi0 import determinism
+
+
+def run(params, out: str = "results/environment.json") -> None:
+    import jax  # noqa: F401  (imported first: apply() sets torch's switches only once it is loaded)
+    import torch  # noqa: F401
+
+    determinism.apply()
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(determinism.record(), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
