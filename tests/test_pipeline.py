@@ -20,7 +20,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 #: What a project copy needs: the pipeline, its code (stage deps), the paper source.
-PROJECT_FILES = ("dvc.yaml", "pyproject.toml", "src", "paper/paper.typ")
+PROJECT_FILES = ("dvc.yaml", "pyproject.toml", "uv.lock", "src", "paper/paper.typ")
 
 
 def toy_params() -> dict:
@@ -97,7 +97,7 @@ def two_runs(tmp_path_factory):
 def test_pipeline_reruns_byte_for_byte(two_runs):
     _, (first, second) = two_runs
     lock = (first / "dvc.lock").read_text()
-    assert "paper/paper.pdf" in lock and "runs/mask_diluted-s0/final" in lock
+    assert "paper/paper.pdf" in lock and "runs/mask_diluted-s0/final" in lock and "environment.json" in lock
     assert lock == (second / "dvc.lock").read_text()
     assert (first / "paper" / "paper.pdf").read_bytes() == (second / "paper" / "paper.pdf").read_bytes()
 
