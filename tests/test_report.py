@@ -33,6 +33,7 @@ def test_t_interval_matches_scipy():
         (0.1, 0.3, False, "worse"),
         (-0.3, -0.1, True, "worse"),
         (-0.1, 0.2, True, "no detectable difference"),
+        (-1e-6, 2e-6, True, "identical within numerical noise"),
     ],
 )
 def test_verdicts(lo, hi, higher, expected):

@@ -32,7 +32,7 @@ CI_LEVEL = 0.95
 METRICS: tuple[tuple[str, str, bool], ...] = (
     ("success_rate", "closed-loop success", True),
     ("arm_skill", "arm skill vs holding the pose", True),
-    ("arm_motion_ratio", "arm motion ratio ρ", True),
+    ("arm_motion_error", "arm |ρ − 1| (motion ratio off 1)", False),
     ("base_skill", "base skill vs standing still", True),
     ("arm_idle_fraction", "steps with idle arms", False),
 )
@@ -59,7 +59,8 @@ def run_metrics(eval_metrics: Mapping[str, Any]) -> dict[str, float]:
     groups = eval_metrics["offline"]["groups"]
     out = {
         "arm_skill": float(np.mean([_num(groups[g]["skill"]) for g in ARM_GROUPS])),
-        "arm_motion_ratio": float(np.mean([_num(groups[g]["motion_ratio"]) for g in ARM_GROUPS])),
+        # ρ = 1 moves as far as the data; below 1 is stagnation, above 1 overshoot: judge |ρ − 1|
+        "arm_motion_error": float(np.mean([abs(_num(groups[g]["motion_ratio"]) - 1.0) for g in ARM_GROUPS])),
         "base_skill": float(np.mean([_num(groups[g]["skill"]) for g in BASE_GROUPS])),
     }
     closed = eval_metrics.get("closed_loop")
@@ -82,9 +83,15 @@ def t_interval(values: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": len(x)}
 
 
+#: paired differences whose whole interval lies within this of zero are float noise, not effects
+NOISE = 1e-4
+
+
 def verdict(diff: Mapping[str, float], higher_is_better: bool) -> str:
     if diff["n"] < 2 or not math.isfinite(diff["lo"]):
         return "undetermined"
+    if max(abs(diff["lo"]), abs(diff["hi"])) < NOISE:
+        return "identical within numerical noise"
     if diff["lo"] > 0:
         return "better" if higher_is_better else "worse"
     if diff["hi"] < 0:
@@ -183,7 +190,7 @@ def loss_curves(
 def ablation_figure(summary: Mapping[str, Any], questions: Mapping[str, Sequence[str]], path: Path) -> None:
     """One panel per headline metric: every variant's seed mean with its 95 % interval."""
     order = list(dict.fromkeys(v for names in questions.values() for v in names))
-    shown = [m for m in METRICS if m[0] in ("success_rate", "arm_skill", "arm_motion_ratio", "base_skill")]
+    shown = [m for m in METRICS if m[0] in ("success_rate", "arm_skill", "arm_motion_error", "base_skill")]
     fig = io.new_figure(3.0 * len(shown), 3.2)
     axes = fig.subplots(1, len(shown), sharey=False)
     y = np.arange(len(order))
@@ -292,6 +299,7 @@ def run(
     summary = summarize(per_run, questions)
     results = {
         "setup": _setup(params, Path(split), Path(arm_heavy), Path(analyze)),
+        "reference": params.report.reference,
         "questions": {q: list(v) for q, v in questions.items()},
         "metrics": [{"key": k, "label": lab, "higher_is_better": h} for k, lab, h in METRICS],
         "per_run": per_run,
