@@ -96,7 +96,7 @@ def pipeline_outputs(tmp_path, monkeypatch):
                 (tsv_dir / f"{g}.tsv").write_text(f"step\t{g}\n{rows}")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "split.json").write_text(json.dumps({"train": [0, 1, 2], "val": [3]}))
-    (tmp_path / "data" / "arm_heavy.json").write_text(json.dumps({"arm_heavy": [1]}))
+    (tmp_path / "data" / "arm_heavy.json").write_text(json.dumps({"episodes": [1]}))
     analyze = tmp_path / "results" / "analyze"
     analyze.mkdir(parents=True)
     (analyze / "metrics.json").write_text("{}")
@@ -116,6 +116,7 @@ def test_paper_builds_from_generated_files_and_repeats_bytes(pipeline_outputs):
     params, root = pipeline_outputs
     report.run(params)
     results = json.loads((root / "paper" / "generated" / "results.json").read_text())
+    assert results["setup"]["arm_heavy_episodes"] == 1 and results["setup"]["train_episodes"] == 3
     main = results["variants"]["main"]["arm_skill"]
     assert main["mean"] == pytest.approx(0.4) and main["n"] == 3
     assert results["setup"]["effective_group_weights"]["arm_focused"]["left_arm"] == pytest.approx(

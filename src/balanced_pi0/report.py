@@ -265,7 +265,7 @@ def _setup(params: _config.Params, split: Path, arm_heavy: Path, analyze: Path) 
         "episodes": len(sp["train"]) + len(sp["val"]),
         "train_episodes": len(sp["train"]),
         "val_episodes": len(sp["val"]),
-        "arm_heavy_episodes": len(heavy.get("arm_heavy", [])),
+        "arm_heavy_episodes": len(heavy["episodes"]),
         "seeds": list(params.ablation.seeds),
         "variants": {v: {k: str(x) for k, x in o.items()} for v, o in params.ablation.variants.items()},
         "steps": params.train.total_steps,
