@@ -112,9 +112,15 @@ def test_ablation_variants_apply_overrides_per_run():
 @pytest.mark.parametrize(
     ("variants", "message"),
     [
-        ({"bad": {"train.loss.strategy": "x"}}, r"ablation\.variants\.bad: train\.loss\.strategy: expected one of"),
+        (
+            {"bad": {"train.loss.strategy": "x"}},
+            r"ablation\.variants\.bad: train\.loss\.strategy: expected one of",
+        ),
         ({"bad": {"train.loss.strateg": "x"}}, r"ablation\.variants\.bad: train\.loss\.strateg: unknown key"),
-        ({"bad": {"dataset.sim.episodes": 3}}, r"bad: a variant may not override \['dataset\.sim\.episodes'\]"),
+        (
+            {"bad": {"dataset.sim.episodes": 3}},
+            r"bad: a variant may not override \['dataset\.sim\.episodes'\]",
+        ),
         ({"bad name": {}}, r"variant name 'bad name'"),
     ],
 )
@@ -125,9 +131,13 @@ def test_bad_ablation_variants_fail_at_load(variants, message):
 
 def test_report_questions_must_name_variants():
     ablation = {"variants": {"main": {}, "delta": {"train.loss.strategy": "delta"}}}
-    params = config.from_dict({"ablation": ablation, "report": {"questions": {"weighting": ["main", "delta"]}}})
+    params = config.from_dict(
+        {"ablation": ablation, "report": {"questions": {"weighting": ["main", "delta"]}}}
+    )
     assert params.report.questions == {"weighting": ["main", "delta"]}
     with pytest.raises(ConfigError, match=r"report: variants \['sample'\] are not in ablation.variants"):
         config.from_dict({"ablation": ablation, "report": {"questions": {"mask": ["main", "sample"]}}})
-    with pytest.raises(ConfigError, match=r"report.questions: mask: a question compares at least two variants"):
+    with pytest.raises(
+        ConfigError, match=r"report.questions: mask: a question compares at least two variants"
+    ):
         config.from_dict({"ablation": ablation, "report": {"questions": {"mask": ["main"]}}})

@@ -169,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="override a param, e.g. -S train.loss.strategy=delta (value parsed as YAML)",
         )
         if st.per_run:
-            p.add_argument("--variant", default=None, help="ablation variant (ablation.variants); default: none")
+            p.add_argument(
+                "--variant", default=None, help="ablation variant (ablation.variants); default: none"
+            )
             p.add_argument("--seed", type=int, default=None, help="run seed (sets train.seed)")
         for o in st.options:
             p.add_argument(o.flag, default=o.default, help=f"{o.help} (default: %(default)s)")

@@ -185,7 +185,9 @@ class OptimizerConfig:
     @model_validator(mode="after")
     def _schedule(self):
         if self.decay_steps <= self.warmup_steps:
-            raise ValueError(f"decay_steps ({self.decay_steps}) must exceed warmup_steps ({self.warmup_steps})")
+            raise ValueError(
+                f"decay_steps ({self.decay_steps}) must exceed warmup_steps ({self.warmup_steps})"
+            )
         return self
 
 
@@ -248,7 +250,9 @@ class AblationConfig:
     def _names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name, overrides in v.items():
             if not name.replace("_", "").isalnum():
-                raise ValueError(f"variant name {name!r}: use letters, digits and '_' (it names a run directory)")
+                raise ValueError(
+                    f"variant name {name!r}: use letters, digits and '_' (it names a run directory)"
+                )
             bad = [k for k in overrides if k.split(".")[0] in ("ablation", "dataset", "layout")]
             if bad:
                 raise ValueError(f"{name}: a variant may not override {bad} (they are shared by all runs)")
