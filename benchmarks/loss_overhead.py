@@ -59,6 +59,42 @@ def _timed_rounds(run_round, variants, rounds: int) -> dict[str, list[float]]:
     return times
 
 
+VARIANTS = ("mean", "action_loss")
+
+
+def _per_step_times(advance, warmup: int, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Warm every variant up, then time interleaved rounds; ``advance(variant, n)`` runs n steps, blocking."""
+    for v in VARIANTS:
+        advance(v, warmup)
+    times = _timed_rounds(lambda v: advance(v, steps), VARIANTS, rounds)
+    return {v: [x / steps for x in t] for v, t in times.items()}
+
+
+def _jax_advance(state: dict, *inputs):
+    """``advance`` for jitted steps ``step(*carry, *inputs) -> (*carry, loss)`` kept in ``state[variant]``.
+
+    The batch goes in as an argument, not a closure: jit would fold a captured batch (and the
+    loss weights computed from it) into constants and time less than a training step does."""
+
+    def advance(variant: str, n: int) -> None:
+        step, carry = state[variant]
+        for _ in range(n):
+            *carry, loss = step(*carry, *inputs)
+        jax.block_until_ready(loss)
+        state[variant] = (step, carry)
+
+    return advance
+
+
+def _torch_advance(models: dict, step):
+    def advance(variant: str, n: int) -> None:
+        model, opt = models[variant]
+        for _ in range(n):
+            step(model, opt, variant == "action_loss")
+
+    return advance
+
+
 # --------------------------------------------------------------------------------------
 # JAX
 # --------------------------------------------------------------------------------------
@@ -93,7 +129,7 @@ def jax_steps(batch, hidden: int, steps: int, rounds: int) -> dict[str, list[flo
             return jnp.mean(sq_err)
 
         @jax.jit
-        def step(params, opt_state, batch, key):
+        def step(params, opt_state, key, batch):
             key, sub = jax.random.split(key)
             loss, grads = jax.value_and_grad(loss_fn)(params, batch, sub)
             updates, opt_state = opt.update(grads, opt_state, params)
@@ -101,23 +137,10 @@ def jax_steps(batch, hidden: int, steps: int, rounds: int) -> dict[str, list[flo
 
         return step
 
-    state = {}
-    for variant, use in (("mean", False), ("action_loss", True)):
-        step = make_step(use)
-        carry = (params, opt.init(params), jax.random.key(1))
-        for _ in range(10):  # compile and warm up
-            *carry, loss = step(*carry[:2], batch, carry[2])
-        jax.block_until_ready(loss)
-        state[variant] = (step, carry)
-
-    def run_round(variant):
-        step, carry = state[variant]
-        for _ in range(steps):
-            *carry, loss = step(*carry[:2], batch, carry[2])
-        jax.block_until_ready(loss)
-        state[variant] = (step, carry)
-
-    return {v: [x / steps for x in t] for v, t in _timed_rounds(run_round, list(state), rounds).items()}
+    state = {
+        v: (make_step(v == "action_loss"), (params, opt.init(params), jax.random.key(1))) for v in VARIANTS
+    }
+    return _per_step_times(_jax_advance(state, batch), 10, steps, rounds)
 
 
 # --------------------------------------------------------------------------------------
@@ -155,17 +178,8 @@ def torch_steps(batch, hidden: int, steps: int, rounds: int) -> dict[str, list[f
         loss.backward()
         opt.step()
 
-    models = {"mean": make_model(), "action_loss": make_model()}
-    for variant, (model, opt) in models.items():
-        for _ in range(10):
-            step(model, opt, variant == "action_loss")
-
-    def run_round(variant):
-        model, opt = models[variant]
-        for _ in range(steps):
-            step(model, opt, variant == "action_loss")
-
-    return {v: [x / steps for x in t] for v, t in _timed_rounds(run_round, list(models), rounds).items()}
+    models = {v: make_model() for v in VARIANTS}
+    return _per_step_times(_torch_advance(models, step), 10, steps, rounds)
 
 
 # --------------------------------------------------------------------------------------
@@ -204,35 +218,20 @@ def jax_pi0_steps(batch, cfg, steps: int, rounds: int) -> dict[str, list[float]]
     opt = optax.adam(1e-4)
 
     def make_step(use_action_loss: bool):
-        def loss_fn(params):
+        def loss_fn(params, obs, actions, noise, t, pad):
             sq_err = nnx.merge(graphdef, params, rest).compute_loss(obs, actions, noise, t)
             return action_loss(sq_err, pad, actions, SPEC)[0] if use_action_loss else jnp.mean(sq_err)
 
         @jax.jit
-        def step(params, opt_state):
-            loss, grads = jax.value_and_grad(loss_fn)(params)
+        def step(params, opt_state, *inputs):
+            loss, grads = jax.value_and_grad(loss_fn)(params, *inputs)
             updates, opt_state = opt.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss
 
         return step
 
-    state = {}
-    for variant, use in (("mean", False), ("action_loss", True)):
-        step = make_step(use)
-        carry = (params, opt.init(params))
-        for _ in range(3):
-            *carry, loss = step(*carry)
-        jax.block_until_ready(loss)
-        state[variant] = (step, carry)
-
-    def run_round(variant):
-        step, carry = state[variant]
-        for _ in range(steps):
-            *carry, loss = step(*carry)
-        jax.block_until_ready(loss)
-        state[variant] = (step, carry)
-
-    return {v: [x / steps for x in t] for v, t in _timed_rounds(run_round, list(state), rounds).items()}
+    state = {v: (make_step(v == "action_loss"), (params, opt.init(params))) for v in VARIANTS}
+    return _per_step_times(_jax_advance(state, obs, actions, noise, t, pad), 3, steps, rounds)
 
 
 def torch_pi0_steps(batch, cfg, steps: int, rounds: int) -> dict[str, list[float]]:
@@ -262,17 +261,8 @@ def torch_pi0_steps(batch, cfg, steps: int, rounds: int) -> dict[str, list[float
         loss.backward()
         opt.step()
 
-    models = {"mean": make_model(), "action_loss": make_model()}
-    for variant, (model, opt) in models.items():
-        for _ in range(3):
-            step(model, opt, variant == "action_loss")
-
-    def run_round(variant):
-        model, opt = models[variant]
-        for _ in range(steps):
-            step(model, opt, variant == "action_loss")
-
-    return {v: [x / steps for x in t] for v, t in _timed_rounds(run_round, list(models), rounds).items()}
+    models = {v: make_model() for v in VARIANTS}
+    return _per_step_times(_torch_advance(models, step), 3, steps, rounds)
 
 
 def main() -> None:
