@@ -73,7 +73,7 @@ COPY --from=builder /opt/venv /opt/venv
 ARG SOURCE_DATE_EPOCH=1763856000
 # The determinism environment: keep equal to balanced_pi0.determinism.DETERMINISM_ENV (a test checks).
 ENV SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH} \
-    XLA_FLAGS="--xla_gpu_deterministic_ops=true --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+    XLA_FLAGS="--xla_gpu_deterministic_ops=true --xla_cpu_multi_thread_eigen=false" \
     CUBLAS_WORKSPACE_CONFIG=:4096:8 \
     NVIDIA_TF32_OVERRIDE=0 \
     PYTHONHASHSEED=0 \

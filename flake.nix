@@ -41,7 +41,7 @@
 
       # Keep equal to balanced_pi0.determinism.DETERMINISM_ENV and the Dockerfile's ENV (a test checks).
       determinismEnv = {
-        XLA_FLAGS = "--xla_gpu_deterministic_ops=true --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1";
+        XLA_FLAGS = "--xla_gpu_deterministic_ops=true --xla_cpu_multi_thread_eigen=false";
         CUBLAS_WORKSPACE_CONFIG = ":4096:8";
         NVIDIA_TF32_OVERRIDE = "0";
         PYTHONHASHSEED = "0";

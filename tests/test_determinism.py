@@ -13,8 +13,9 @@ from balanced_pi0 import determinism
 def test_cpu_flags_are_the_measured_single_thread_ones():
     flags = determinism.DETERMINISM_ENV["XLA_FLAGS"].split()
     assert "--xla_cpu_multi_thread_eigen=false" in flags
-    assert "intra_op_parallelism_threads=1" in flags
     assert "--xla_gpu_deterministic_ops=true" in flags
+    # XLA ignores every flag after a token without "--" (a user's flags appended after it would vanish)
+    assert all(f.startswith("--") for f in flags), flags
 
 
 def _run(code: str, env: dict[str, str]) -> dict:
@@ -48,6 +49,22 @@ def test_apply_sets_env_and_torch_switches_and_record_reports_them():
     }
     assert after["versions"]["torch"].startswith("2.11.0")
     assert after["devices"]["torch"]  # "cpu" here, the GPU names on a GPU
+
+
+def test_apply_keeps_the_users_other_xla_flags():
+    env = {k: v for k, v in os.environ.items() if k not in determinism.DETERMINISM_ENV}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=true"
+    code = (
+        "import json, os, jax\n"
+        "from balanced_pi0 import determinism\n"
+        "determinism.apply()\n"
+        "print(json.dumps([os.environ['XLA_FLAGS'], jax.device_count(), determinism.record()['env_matches']]))\n"
+    )
+    flags, devices, matches = _run(code, env)
+    assert devices == 2 and matches
+    assert "--xla_cpu_multi_thread_eigen=false" in flags.split()  # ours wins over the user's
+    assert "--xla_cpu_multi_thread_eigen=true" not in flags.split()
+    assert determinism.merge_xla_flags(None) == determinism.DETERMINISM_ENV["XLA_FLAGS"]
 
 
 def test_record_is_the_same_twice():

@@ -16,9 +16,11 @@ import os
 import platform
 import sys
 
-#: XLA on the CPU: one Eigen thread, one intra-op thread. A multi-threaded CPU reduction can return
-#: different bits from call to call (jax issue 39741); single-threaded it is bit-stable.
-XLA_CPU_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+#: XLA on the CPU: one Eigen thread. A multi-threaded CPU reduction can return different bits from
+#: call to call (jax issue 39741); single-threaded it is bit-stable. Every token must start with
+#: ``--``: XLA stops parsing at the first one that does not and silently ignores the rest (the
+#: often-copied ``intra_op_parallelism_threads=1`` is such a token, and no XLA flag at all).
+XLA_CPU_FLAGS = "--xla_cpu_multi_thread_eigen=false"
 #: XLA on the GPU: deterministic scatter/reduction kernels and autotuning-free choices.
 XLA_GPU_FLAGS = "--xla_gpu_deterministic_ops=true"
 
@@ -41,14 +43,30 @@ DETERMINISM_ENV: dict[str, str] = {
 _RECORDED_DISTRIBUTIONS = ("jax", "jaxlib", "jax-cuda13-plugin", "flax", "optax", "torch", "numpy", "mujoco")
 
 
+def merge_xla_flags(user: str | None) -> str:
+    """The determinism flags plus every other flag the user set (a forced host device count, a
+    dump directory): a user flag of the same name as one of ours is replaced by ours."""
+    ours = DETERMINISM_ENV["XLA_FLAGS"].split()
+    names = {_flag_name(f) for f in ours}
+    kept = [f for f in (user or "").split() if _flag_name(f) not in names]
+    return " ".join(ours + kept)
+
+
+def _flag_name(flag: str) -> str:
+    return flag.lstrip("-").split("=", 1)[0]
+
+
 def apply() -> None:
     """Set ``DETERMINISM_ENV`` and, when torch is already imported, its deterministic switches.
 
     Call before jax initialises a backend: XLA reads ``XLA_FLAGS`` once, at its first use.
+    ``XLA_FLAGS`` the user set are kept beside ours (``merge_xla_flags``).
     ``PYTHONHASHSEED`` only affects interpreters started after this call (subprocesses, workers);
     the container and the flake set it for the main process.
     """
+    xla_flags = merge_xla_flags(os.environ.get("XLA_FLAGS"))
     os.environ.update(DETERMINISM_ENV)
+    os.environ["XLA_FLAGS"] = xla_flags
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.use_deterministic_algorithms(True)
@@ -68,13 +86,19 @@ def record() -> dict:
             versions[dist] = None
     return {
         "env": {key: os.environ.get(key) for key in DETERMINISM_ENV},
-        "env_matches": all(os.environ.get(k) == v for k, v in DETERMINISM_ENV.items()),
+        "env_matches": all(_matches(k, v) for k, v in DETERMINISM_ENV.items()),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "versions": versions,
         "devices": _devices(),
         "torch_deterministic": _torch_flags(),
     }
+
+
+def _matches(key: str, value: str) -> bool:
+    if key == "XLA_FLAGS":  # ours are all set (the user's may be there too)
+        return set(value.split()) <= set(os.environ.get(key, "").split())
+    return os.environ.get(key) == value
 
 
 def _devices() -> dict:
