@@ -7,6 +7,13 @@ JAX (jitted step) and PyTorch (eager step), measured in one run. Rounds of the
 two variants alternate so that drift on a shared machine hits both alike; the
 fastest and the median round are reported. One thread per backend, for stable numbers.
 
+Whole steps of a few tens of milliseconds drift by a few per cent from round to round,
+more than the loss costs. So the same run also times the two losses alone (forward and
+backward from a given ``sq_err``, thousands of repetitions, interleaved) and states the
+added time as a share of the median plain step: the precise answer to "what does the
+loss add to a step". It is an upper bound for JAX, where the loss alone pays a dispatch
+that the fused step does not.
+
     uv run python benchmarks/loss_overhead.py [--model pi0|mlp] [--batch-size 16] [--horizon 10] [--steps 50]
 """
 
@@ -17,7 +24,7 @@ import os
 import statistics
 import time
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +67,37 @@ def _timed_rounds(run_round, variants, rounds: int) -> dict[str, list[float]]:
 
 
 VARIANTS = ("mean", "action_loss")
+
+
+def loss_only_times(batch, reps: int = 500, rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Median seconds of the loss alone (value and gradient w.r.t. ``sq_err``), per backend and variant."""
+    rng = np.random.default_rng(1)
+    sq = rng.random(batch["actions"].shape).astype(np.float32)
+
+    j_sq, j_pad, j_act = (jnp.asarray(x) for x in (sq, batch["action_is_pad"], batch["actions"]))
+    j_fns = {
+        "mean": jax.jit(jax.value_and_grad(lambda e, pad, a: jnp.mean(e))),
+        "action_loss": jax.jit(jax.value_and_grad(lambda e, pad, a: action_loss(e, pad, a, SPEC)[0])),
+    }
+
+    def jax_advance(variant: str, n: int) -> None:
+        for _ in range(n):
+            out = j_fns[variant](j_sq, j_pad, j_act)
+        jax.block_until_ready(out)
+
+    t_sq = torch.from_numpy(sq).requires_grad_(True)
+    t_pad, t_act = torch.from_numpy(batch["action_is_pad"]), torch.from_numpy(batch["actions"])
+
+    def torch_advance(variant: str, n: int) -> None:
+        for _ in range(n):
+            loss = action_loss(t_sq, t_pad, t_act, SPEC)[0] if variant == "action_loss" else t_sq.mean()
+            loss.backward()
+
+    out = {}
+    for name, advance in (("jax (jit)", jax_advance), ("torch", torch_advance)):
+        times = _per_step_times(advance, 50, reps, rounds)
+        out[name] = {v: statistics.median(t) for v, t in times.items()}
+    return out
 
 
 def _per_step_times(advance, warmup: int, steps: int, rounds: int) -> dict[str, list[float]]:
@@ -309,14 +347,26 @@ def main() -> None:
     print(
         f"{'backend':10s} {'':7s} {'mean':>8s} {'action_loss':>12s} {'added':>7s} {'ratio':>7s} {'overhead':>9s}"
     )
+    step_ms = {}
     for name, run in runs:
         times = run(batch)
+        step_ms[name] = statistics.median(times["mean"]) * 1e3
         for stat in (min, statistics.median):
             plain, ours = stat(times["mean"]), stat(times["action_loss"])
             print(
                 f"{name:10s} {'best' if stat is min else 'median':7s} {plain * 1e3:8.3f} {ours * 1e3:12.3f} "
                 f"{(ours - plain) * 1e3:7.3f} {ours / plain:7.3f} {(ours / plain - 1) * 100:8.1f}%"
             )
+    print()
+    print("the loss alone (value and gradient w.r.t. sq_err), ms, median of 5 rounds x 500;")
+    print("'of step' = added time / median plain step above (target: <= 2 %)")
+    print(f"{'backend':10s} {'mean':>8s} {'action_loss':>12s} {'added':>7s} {'of step':>8s}")
+    for name, t in loss_only_times(batch).items():
+        added = (t["action_loss"] - t["mean"]) * 1e3
+        print(
+            f"{name:10s} {t['mean'] * 1e3:8.3f} {t['action_loss'] * 1e3:12.3f} {added:7.3f} "
+            f"{added / step_ms[name] * 100:7.2f}%"
+        )
 
 
 if __name__ == "__main__":
