@@ -220,7 +220,9 @@ def make_backend(params):
     return train.make_backend(params, model_api=toy_api(params.train.backend))
 
 
-def run(params, run_dir: Path, stop_after=None, nan_at=None, episode_sets=None, loaders=None) -> int:
+def run(
+    params, run_dir: Path, stop_after=None, nan_at=None, episode_sets=None, loaders=None, sharded=False
+) -> int:
     episodes = make_episodes()
     sets = episode_sets or {"train": np.arange(6), "arm_heavy": np.array([1, 4])}
     curriculum = train.build_curriculum(params.train.curriculum, sets)
@@ -234,7 +236,7 @@ def run(params, run_dir: Path, stop_after=None, nan_at=None, episode_sets=None, 
     batches = train.CurriculumBatches(curriculum, make_loader, params.train.seed)
     return train.run_loop(
         params,
-        make_backend(params),
+        make_sharded_backend(params) if sharded else make_backend(params),
         batches,
         policy_io(episodes).model_batch,
         run_dir,
@@ -444,33 +446,54 @@ def test_init_from_starts_from_the_given_params(backend, tmp_path):
 
 
 # --------------------------------------------------------------------------------------
-# Data parallel: two virtual JAX devices take the same steps as one
+# Data parallel and FSDP: virtual JAX devices and processes take the same steps as one device
 # --------------------------------------------------------------------------------------
 _DATA_PARALLEL = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import jax
 import test_train
-print(json.dumps({"devices": jax.device_count(), "losses": test_train.data_parallel_losses()}))
+fsdp = int(sys.argv[2])
+losses, shardings = test_train.data_parallel_losses(fsdp_devices=fsdp, with_shardings=True)
+print(json.dumps({"devices": jax.device_count(), "losses": losses, "shardings": shardings}))
 """
 
 
-def data_parallel_losses(backend: str = "jax", steps: int = 4) -> list[float]:
-    params = make_params(backend, batch_size=4)
+def data_parallel_losses(
+    backend: str = "jax", steps: int = 4, fsdp_devices: int = 1, with_shardings: bool = False
+):
+    params = make_params(backend, batch_size=4, fsdp_devices=fsdp_devices)
     episodes = make_episodes()
     io = policy_io(episodes)
     loader = ToyLoader(episodes, np.arange(6), 0, batch_size=4).batches()
-    b = make_backend(params)
+    b = make_sharded_backend(params)
     b.init()
     losses = []
     for step in range(steps):
         batch = io.model_batch(next(loader))
         batch["noise"], batch["time"] = train.flow_noise(0, step, 4, HORIZON, 32)
         losses.append(b.train_step(batch, step)["loss"])
-    return losses
+    if not with_shardings:
+        return losses
+    import jax
+
+    specs = {
+        "/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path): str(
+            leaf.sharding.spec
+        )
+        for path, leaf in jax.tree_util.tree_leaves_with_path(b.state)
+        if hasattr(leaf, "sharding")
+    }
+    return losses, specs
 
 
-def _run_on_devices(devices: int) -> dict:
+def make_sharded_backend(params):
+    """``make_backend``; a JAX backend shards every 2-D param under FSDP, however small (the toy's are)."""
+    extra = {"fsdp_min_bytes": 0} if params.train.backend == "jax" else {}
+    return train.make_backend(params, model_api=toy_api(params.train.backend), **extra)
+
+
+def _run_on_devices(devices: int, fsdp_devices: int = 1) -> dict:
     import json
     import os
     import subprocess
@@ -482,13 +505,13 @@ def _run_on_devices(devices: int) -> dict:
         "JAX_PLATFORMS": "cpu",
     }
     out = subprocess.run(
-        [sys.executable, "-c", _DATA_PARALLEL, str(Path(__file__).parent)],
+        [sys.executable, "-c", _DATA_PARALLEL, str(Path(__file__).parent), str(fsdp_devices)],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
     )
+    assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -498,6 +521,96 @@ def test_two_jax_devices_match_one_device_with_the_same_global_batch():
     two = _run_on_devices(2)
     assert (jax.device_count(), two["devices"]) == (1, 2)
     np.testing.assert_allclose(two["losses"], data_parallel_losses(), rtol=1e-5)
+    assert set(two["shardings"].values()) == {"P()"}  # fsdp 1: replicated
+
+
+def test_fsdp_shards_params_and_takes_the_same_steps():
+    """A (data 2, fsdp 2) mesh on 4 virtual devices: the 2-D kernel, its Adam moments and its EMA
+    are split over ``fsdp``, biases and counts are replicated, and the losses are one device's."""
+    four = _run_on_devices(4, fsdp_devices=2)
+    assert four["devices"] == 4
+    np.testing.assert_allclose(four["losses"], data_parallel_losses(), rtol=1e-5)
+    sharded = sorted(k for k, v in four["shardings"].items() if "fsdp" in v)
+    assert any(k.startswith("params/") and "kernel" in k for k in sharded), four["shardings"]
+    assert any(k.startswith("ema/") and "kernel" in k for k in sharded), four["shardings"]
+    assert sum("opt_state" in k and "kernel" in k for k in sharded) == 2  # Adam's mu and nu
+    assert not any("bias" in k for k in sharded)
+
+
+def test_fsdp_devices_must_divide_the_device_count():
+    from balanced_pi0.errors import InputError
+
+    with pytest.raises(InputError, match="fsdp_devices 3 does not divide the 1 devices"):
+        make_sharded_backend(make_params("jax", fsdp_devices=3))
+
+
+_MULTI_HOST = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+import jax
+import test_train
+from balanced_pi0.backends.jax.train_step import init_distributed
+init_distributed()
+run_dir, stop_after = Path(sys.argv[2]), (int(sys.argv[3]) or None)
+params = test_train.make_params("jax", batch_size=4, fsdp_devices=2)
+step = test_train.run(params, run_dir, stop_after=stop_after, sharded=True)
+print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
+                  "devices": jax.device_count(), "step": step}))
+"""
+
+
+def _run_multi_host(run_dir: Path, stop_after: int = 0) -> list[dict]:
+    """Two processes, two virtual CPU devices each, joined by ``jax.distributed`` (gloo) into
+    one (data 2, fsdp 2) mesh, training into one shared run directory."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for pid in range(2):
+        env = {
+            **os.environ,
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "JAX_PLATFORMS": "cpu",
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(pid),
+        }
+        cmd = [sys.executable, "-c", _MULTI_HOST, str(Path(__file__).parent), str(run_dir), str(stop_after)]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-3000:] for _, err in outs]
+    return [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+
+
+def test_two_hosts_with_fsdp_train_resume_and_export_as_one_device(tmp_path):
+    """The whole loop across two processes: collective orbax checkpoints in a shared directory,
+    a kill and a resume from them, the gathered export; the final params are one device's."""
+    single = make_params("jax", batch_size=4)
+    run(single, tmp_path / "one", sharded=True)
+    first = _run_multi_host(tmp_path / "multi", stop_after=3)
+    assert [(r["process"], r["processes"], r["devices"], r["step"]) for r in first] == [
+        (0, 2, 4, 3),
+        (1, 2, 4, 3),
+    ]
+    assert [s for s, _ in train.list_checkpoints(tmp_path / "multi" / "checkpoints")] == [2]
+    assert [r["step"] for r in _run_multi_host(tmp_path / "multi")] == [6, 6]
+    assert [s for s, _ in train.list_checkpoints(tmp_path / "multi" / "checkpoints")] == [4, 6]
+    one = train.load_params_npz(tmp_path / "one" / "final" / "params.npz")
+    multi = train.load_params_npz(tmp_path / "multi" / "final" / "params.npz")
+    assert one.keys() == multi.keys()
+    for k in one:
+        np.testing.assert_allclose(multi[k], one[k], rtol=1e-5, atol=1e-7)
+    loss = (tmp_path / "multi" / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()
+    assert [int(r.split("\t")[0]) for r in loss[1:]] == list(range(6))  # logged once, by process 0
 
 
 _DDP_RANK = """

@@ -213,6 +213,9 @@ class TrainConfig:
     #: complete checkpoints kept on disk (the newest ones)
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0)
+    #: JAX: devices each parameter is sharded over (the mesh's ``fsdp`` axis; the rest is ``data``).
+    #: 1 = params replicated on every device. Must divide the global device count.
+    fsdp_devices: int = Field(1, gt=0)
 
     @property
     def total_steps(self) -> int:

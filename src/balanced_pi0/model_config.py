@@ -115,3 +115,15 @@ def get_config(size: str, **overrides) -> Pi0Config:
     except KeyError:
         raise ValueError(f"unknown model size {size!r}; sizes are {sorted(SIZES)}") from None
     return replace(cfg, **overrides)
+
+
+def from_params(model) -> Pi0Config:
+    """The architecture a run's ``model`` params section asks for (both backends build from this)."""
+    return get_config(
+        model.size,
+        action_horizon=model.action_horizon,
+        action_dim=model.action_dim,
+        max_token_len=model.max_token_len,
+        image_resolution=model.image_resolution,
+        dtype=model.dtype,
+    )

@@ -65,8 +65,13 @@ class Backend(Protocol):
         """One optimiser step at learning rate ``learning_rate(step)``; returns scalars:
         ``loss``, ``grad_norm``, ``pad_fraction``, ``group_loss`` and ``effective_group_weights`` dicts."""
 
+    def barrier(self, name: str) -> None:
+        """Wait for every process of a distributed run (a no-op for one process)."""
+
     def save(self, directory: Path) -> None:
-        """Write params, optimiser state and EMA into ``directory`` (which does not exist yet)."""
+        """Write params, optimiser state and EMA into ``directory`` (which does not exist yet).
+        Called on every process with the same directory; each writes its share (``is_primary``
+        all of it when the state is replicated)."""
 
     def restore(self, directory: Path) -> None:
         """Load what ``save`` wrote (called after ``init``)."""
@@ -75,7 +80,8 @@ class Backend(Protocol):
         """Actions [B, H, action_dim] from the (EMA) params by Euler integration from ``noise``."""
 
     def export(self, directory: Path) -> None:
-        """The final (EMA) params in a backend-neutral form, for evaluation."""
+        """The final (EMA) params in a backend-neutral form, for evaluation. Called on every
+        process (gathering sharded params is collective); only ``is_primary`` writes."""
 
 
 def make_backend(params: _config.Params, **kwargs) -> Backend:
@@ -226,21 +232,36 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
 def write_checkpoint(
     root: Path, step: int, backend: Backend, train_state: Mapping[str, Any], keep: int
 ) -> Path:
-    """Save into ``root/.tmp-step_N`` then rename: a killed write leaves no checkpoint, not half of one."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Save into ``root/.tmp-step_N`` then rename: a killed write leaves no checkpoint, not half of one.
+
+    Every process calls this (``root`` is shared by the hosts of a distributed run): all write
+    their shards through ``backend.save``; the primary process alone creates, renames and prunes."""
     final = root / checkpoint_name(step)
     tmp = root / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    primary = getattr(backend, "is_primary", True)
+    if primary:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    _barrier(backend, "checkpoint-begin")
     backend.save(tmp / "model")
-    _write_json(tmp / STATE_FILE, train_state)
-    _fsync_tree(tmp)
-    if final.exists():  # a rerun of the same step writes the same bytes; replace it whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for _, old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old)
+    _barrier(backend, "checkpoint-saved")
+    if primary:
+        _write_json(tmp / STATE_FILE, train_state)
+        _fsync_tree(tmp)
+        if final.exists():  # a rerun of the same step writes the same bytes; replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for _, old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old)
+    _barrier(backend, "checkpoint-done")
     return final
+
+
+def _barrier(backend: Backend, name: str) -> None:
+    barrier = getattr(backend, "barrier", None)
+    if barrier is not None:
+        barrier(name)
 
 
 def remove_partial_checkpoints(root: Path) -> None:
@@ -357,22 +378,22 @@ def run_loop(
     tc = params.train
     paths = RunPaths(Path(run_dir))
     total = tc.total_steps
-    remove_partial_checkpoints(paths.checkpoints)
+    primary = backend.is_primary
+    if primary:
+        remove_partial_checkpoints(paths.checkpoints)
     backend.init(initial_params)
     digest = params_digest(params)
     start = _resume(paths.checkpoints, backend, batches, digest)
     end = total if stop_after is None else min(stop_after, total)
-    primary = backend.is_primary
     logger = Logger(paths.live, start, total, enabled=progress) if primary else None
     try:
         for step in range(start, end):
             metrics = _one_step(params, backend, batches, to_model_batch, step)
             done = step + 1
-            if not primary:
-                continue
-            logger.tick(metrics)
-            if step % tc.log_every == 0 or step == total - 1:
-                logger.log(step, metrics)
+            if primary:
+                logger.tick(metrics)
+                if step % tc.log_every == 0 or step == total - 1:
+                    logger.log(step, metrics)
             if done % tc.checkpoint_every == 0 or done == total:
                 state = {
                     "step": done,
@@ -384,7 +405,7 @@ def run_loop(
     finally:
         if logger is not None:
             logger.close()
-    if end == total and primary:
+    if end == total:
         _write_final(paths.final, backend)
     return end
 
@@ -412,9 +433,12 @@ def _resume(root: Path, backend: Backend, batches: CurriculumBatches, digest: st
         # resumed run could not log them again, so its outputs would be incomplete.
         reason = "have no training log beside them"
     if reason is not None:
-        print(f"{root}: checkpoints {reason}; training from scratch", file=sys.stderr)
-        shutil.rmtree(root)
-        shutil.rmtree(root.parent / "live", ignore_errors=True)
+        _barrier(backend, "resume-read")  # every process has decided before the files go
+        if backend.is_primary:
+            print(f"{root}: checkpoints {reason}; training from scratch", file=sys.stderr)
+            shutil.rmtree(root)
+            shutil.rmtree(root.parent / "live", ignore_errors=True)
+        _barrier(backend, "resume-cleared")
         return 0
     backend.restore(path / "model")
     batches.load_state_dict(state["loader"])
@@ -442,12 +466,15 @@ def _one_step(params, backend, batches, to_model_batch, step: int) -> dict[str, 
 
 def _write_final(final: Path, backend: Backend) -> None:
     tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    backend.export(tmp)
-    _fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    if backend.is_primary:
+        shutil.rmtree(tmp, ignore_errors=True)
+    backend.export(tmp)  # collective; the primary process writes
+    if backend.is_primary:
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    _barrier(backend, "final-written")
 
 
 # --------------------------------------------------------------------------------------

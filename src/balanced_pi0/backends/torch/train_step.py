@@ -44,15 +44,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, params: _config.Params, model_api: ModelApi | None = None, device: str = "cpu"):
-        m = params.model
-        self.model_config = model_config.get_config(
-            m.size,
-            action_horizon=m.action_horizon,
-            action_dim=m.action_dim,
-            max_token_len=m.max_token_len,
-            image_resolution=m.image_resolution,
-            dtype=m.dtype,
-        )
+        self.model_config = model_config.from_params(params.model)
         self.seed = params.train.seed
         self.opt = params.train.optimizer
         self.spec = LossSpec.from_config(params)
@@ -131,8 +123,14 @@ class TorchBackend:
         for n, p in self.model.named_parameters():
             self.ema[n].mul_(d).add_(p.detach(), alpha=1.0 - d)
 
+    def barrier(self, name: str) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
     # --- checkpoints -----------------------------------------------------------------
     def save(self, directory: Path) -> None:
+        if not self.is_primary:  # DDP keeps every rank's state equal: rank 0 writes it
+            return
         directory = Path(directory)
         directory.mkdir(parents=True)
         tensors = {f"params/{n}": p.detach() for n, p in self.model.named_parameters()}
@@ -194,6 +192,8 @@ class TorchBackend:
 
     def export(self, directory: Path) -> None:
         """``params.npz``: the (EMA) params by openpi path, as the JAX backend writes them."""
+        if not self.is_primary:
+            return
         directory = Path(directory)
         directory.mkdir(parents=True)
         save_params_npz(directory / "params.npz", self.api.export(self.inference_model()))
