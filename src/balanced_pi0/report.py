@@ -38,6 +38,11 @@ METRICS: tuple[tuple[str, str, bool], ...] = (
 )
 
 
+#: metrics that are fractions: a variant's interval is clipped to [0, 1] (a t-interval over 3 seeds of a
+#: rate near 0 would otherwise reach below 0). Paired differences are not clipped.
+BOUNDED = {"success_rate": (0.0, 1.0), "arm_idle_fraction": (0.0, 1.0)}
+
+
 def run_name(variant: str, seed: int) -> str:
     return f"{variant}-s{seed}"
 
@@ -83,6 +88,17 @@ def t_interval(values: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": len(x)}
 
 
+def clip_interval(interval: Mapping[str, float], metric: str) -> dict[str, float]:
+    """``interval`` with its bounds clipped to the metric's range (``BOUNDED``), if it has one."""
+    out = dict(interval)
+    if metric in BOUNDED:
+        low, high = BOUNDED[metric]
+        for key in ("lo", "hi"):
+            if math.isfinite(out[key]):
+                out[key] = min(max(out[key], low), high)
+    return out
+
+
 #: paired differences whose whole interval lies within this of zero are float noise, not effects
 NOISE = 1e-4
 
@@ -105,7 +121,7 @@ def summarize(
 ) -> dict[str, Any]:
     """``per_run[variant][seed][metric]`` → per-variant intervals and paired comparisons."""
     variants = {
-        v: {m: t_interval([runs[s][m] for s in sorted(runs)]) for m, _, _ in METRICS}
+        v: {m: clip_interval(t_interval([runs[s][m] for s in sorted(runs)]), m) for m, _, _ in METRICS}
         for v, runs in per_run.items()
     }
     comparisons = []
