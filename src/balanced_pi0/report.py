@@ -150,9 +150,14 @@ def finding_text(c: Mapping[str, Any]) -> str:
     if c["verdict"] == "undetermined":
         return f"{c['variant']} vs {c['reference']}, {label}: too few seeds to tell."
     return (
-        f"{c['variant']} vs {c['reference']}, {label}: {d['mean']:+.3f} "
-        f"(95 % CI {d['lo']:+.3f} to {d['hi']:+.3f}, {d['n']} seeds) — {c['verdict']}."
+        f"{c['variant']} vs {c['reference']}, {label}: {signed(d['mean'])} "
+        f"(95 % CI {signed(d['lo'])} to {signed(d['hi'])}, {d['n']} seeds) — {c['verdict']}."
     )
+
+
+def signed(x: float) -> str:
+    """``+0.123`` / ``−0.123`` (a true minus sign, as in the paper's tables)."""
+    return f"{x:+.3f}".replace("-", "−")
 
 
 def _json_clean(x: Any) -> Any:
