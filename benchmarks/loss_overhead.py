@@ -69,7 +69,11 @@ def _timed_rounds(run_round, variants, rounds: int) -> dict[str, list[float]]:
 VARIANTS = ("mean", "action_loss")
 
 
-def loss_only_times(batch, reps: int = 500, rounds: int = 5) -> dict[str, dict[str, float]]:
+#: the loss-alone timing: rounds x repetitions per round
+LOSS_ROUNDS, LOSS_REPS = 5, 500
+
+
+def loss_only_times(batch, reps: int = LOSS_REPS, rounds: int = LOSS_ROUNDS) -> dict[str, dict[str, float]]:
     """Median seconds of the loss alone (value and gradient w.r.t. ``sq_err``), per backend and variant."""
     rng = np.random.default_rng(1)
     sq = rng.random(batch["actions"].shape).astype(np.float32)
@@ -358,7 +362,9 @@ def main() -> None:
                 f"{(ours - plain) * 1e3:7.3f} {ours / plain:7.3f} {(ours / plain - 1) * 100:8.1f}%"
             )
     print()
-    print("the loss alone (value and gradient w.r.t. sq_err), ms, median of 5 rounds x 500;")
+    print(
+        f"the loss alone (value and gradient w.r.t. sq_err), ms, median of {LOSS_ROUNDS} rounds x {LOSS_REPS};"
+    )
     print("'of step' = added time / median plain step above (target: <= 2 %)")
     print(f"{'backend':10s} {'mean':>8s} {'action_loss':>12s} {'added':>7s} {'of step':>8s}")
     for name, t in loss_only_times(batch).items():

@@ -217,12 +217,13 @@ def toy_api(backend: str):
 
 
 def make_backend(params):
-    return train.make_backend(params, model_api=toy_api(params.train.backend))
+    """The toy model in ``params.train.backend``. A JAX backend shards every 2-D param under FSDP,
+    however small (the toy's are); with ``fsdp_devices`` 1 (every test but the FSDP ones) nothing is."""
+    extra = {"fsdp_min_bytes": 0} if params.train.backend == "jax" else {}
+    return train.make_backend(params, model_api=toy_api(params.train.backend), **extra)
 
 
-def run(
-    params, run_dir: Path, stop_after=None, nan_at=None, episode_sets=None, loaders=None, sharded=False
-) -> int:
+def run(params, run_dir: Path, stop_after=None, nan_at=None, episode_sets=None, loaders=None) -> int:
     episodes = make_episodes()
     sets = episode_sets or {"train": np.arange(6), "arm_heavy": np.array([1, 4])}
     curriculum = train.build_curriculum(params.train.curriculum, sets)
@@ -236,7 +237,7 @@ def run(
     batches = train.CurriculumBatches(curriculum, make_loader, params.train.seed)
     return train.run_loop(
         params,
-        make_sharded_backend(params) if sharded else make_backend(params),
+        make_backend(params),
         batches,
         policy_io(episodes).model_batch,
         run_dir,
@@ -466,7 +467,7 @@ def data_parallel_losses(
     episodes = make_episodes()
     io = policy_io(episodes)
     loader = ToyLoader(episodes, np.arange(6), 0, batch_size=4).batches()
-    b = make_sharded_backend(params)
+    b = make_backend(params)
     b.init()
     losses = []
     for step in range(steps):
@@ -485,12 +486,6 @@ def data_parallel_losses(
         if hasattr(leaf, "sharding")
     }
     return losses, specs
-
-
-def make_sharded_backend(params):
-    """``make_backend``; a JAX backend shards every 2-D param under FSDP, however small (the toy's are)."""
-    extra = {"fsdp_min_bytes": 0} if params.train.backend == "jax" else {}
-    return train.make_backend(params, model_api=toy_api(params.train.backend), **extra)
 
 
 def _run_on_devices(devices: int, fsdp_devices: int = 1) -> dict:
@@ -541,7 +536,7 @@ def test_fsdp_devices_must_divide_the_device_count():
     from balanced_pi0.errors import InputError
 
     with pytest.raises(InputError, match="fsdp_devices 3 does not divide the 1 devices"):
-        make_sharded_backend(make_params("jax", fsdp_devices=3))
+        make_backend(make_params("jax", fsdp_devices=3))
 
 
 _MULTI_HOST = """
@@ -554,7 +549,7 @@ from balanced_pi0.backends.jax.train_step import init_distributed
 init_distributed()
 run_dir, stop_after = Path(sys.argv[2]), (int(sys.argv[3]) or None)
 params = test_train.make_params("jax", batch_size=4, fsdp_devices=2)
-step = test_train.run(params, run_dir, stop_after=stop_after, sharded=True)
+step = test_train.run(params, run_dir, stop_after=stop_after)
 print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
                   "devices": jax.device_count(), "step": step}))
 """
@@ -595,7 +590,7 @@ def test_two_hosts_with_fsdp_train_resume_and_export_as_one_device(tmp_path):
     """The whole loop across two processes: collective orbax checkpoints in a shared directory,
     a kill and a resume from them, the gathered export; the final params are one device's."""
     single = make_params("jax", batch_size=4)
-    run(single, tmp_path / "one", sharded=True)
+    run(single, tmp_path / "one")
     first = _run_multi_host(tmp_path / "multi", stop_after=3)
     assert [(r["process"], r["processes"], r["devices"], r["step"]) for r in first] == [
         (0, 2, 4, 3),
