@@ -22,7 +22,7 @@ def env():
 
 def hold(obs) -> np.ndarray:
     """An action that keeps every joint where it is and the base still."""
-    a = obs["state"].copy()
+    a = obs["state"][: sim_env.ACTION_DIM].copy()
     a[0:3] = 0.0
     return a
 
@@ -37,7 +37,7 @@ def test_layout_matches_r1pro():
 
 def test_observation_contract(env):
     obs = env.reset(3)
-    assert obs["state"].dtype == np.float32 and obs["state"].shape == (23,)
+    assert obs["state"].dtype == np.float32 and obs["state"].shape == (sim_env.STATE_DIM,)
     assert set(obs["images"]) == {"head", "left_wrist", "right_wrist"}
     for img in obs["images"].values():
         assert img.dtype == np.uint8 and img.shape == (16, 16, 3)
@@ -165,3 +165,30 @@ def test_step_before_reset_raises():
 def test_unknown_camera_raises():
     with pytest.raises(InputError, match="chest"):
         MobileReachEnv(cameras=("head", "chest"))
+
+
+def test_state_ends_with_the_target_in_the_robot_frame():
+    env = MobileReachEnv(cameras=(), fps=10)
+    obs = env.reset(4, arm_heavy=False)
+    x, y, yaw = env.base_pose()
+    rel = env.target.pos - np.array([x, y, 0.0])
+    c, s = np.cos(yaw), np.sin(yaw)
+    expected = [c * rel[0] + s * rel[1], -s * rel[0] + c * rel[1], env.target.pos[2]]
+    np.testing.assert_allclose(obs["state"][sim_env.TARGET_STATE], expected, atol=1e-6)
+    turn = hold(obs)
+    turn[2] = 1.0  # yaw: the target turns the other way in the robot frame
+    before = np.arctan2(obs["state"][24], obs["state"][23])
+    obs, _, _ = env.step(turn)
+    after = np.arctan2(obs["state"][24], obs["state"][23])
+    assert np.remainder(before - after, 2 * np.pi) == pytest.approx(0.1, abs=1e-5)
+    assert np.linalg.norm(obs["state"][23:25]) == pytest.approx(np.linalg.norm(rel[:2]), abs=1e-5)
+
+
+def test_progress_reports_reach_and_the_named_hand():
+    env = MobileReachEnv(cameras=(), fps=10)
+    env.reset(1, arm_heavy=True)
+    p = env.progress()
+    assert p["in_reach"] == 1.0 and p["hand"] == float(("left", "right").index(env.target.hand))
+    assert p["hand_distance"] == pytest.approx(env.ee_distance())
+    env.reset(1, arm_heavy=False)
+    assert env.progress()["in_reach"] == 0.0  # 1.5-4 m away

@@ -15,7 +15,7 @@ def test_episodes_contract_and_success_print(capsys):
     assert len(episodes) == 3
     for i, ep in enumerate(episodes):
         t = len(ep.action)
-        assert ep.state.shape == ep.action.shape == (t, 23)
+        assert ep.state.shape == (t, 26) and ep.action.shape == (t, 23)
         assert ep.state.dtype == ep.action.dtype == np.float32
         assert set(ep.images) == set(CAMERAS)
         assert all(img.shape == (t, 16, 16, 3) and img.dtype == np.uint8 for img in ep.images.values())

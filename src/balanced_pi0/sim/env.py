@@ -7,10 +7,17 @@ toward their absolute position targets at a bounded rate (first-order
 tracking), sets the grippers, and runs ``mj_kinematics`` for the site poses
 and cameras.
 
-Actions and state use the R1Pro 23-D layout (``balanced_pi0.groups.R1PRO``):
-base 0:3 (vx, vy, wz in the robot frame; in the state, the realised velocity),
-torso 3:7, left arm 7:14, left gripper 14, right arm 15:22, right gripper 22.
-Grippers are in [-1, 1]: +1 open, -1 closed.
+Actions use the R1Pro 23-D layout (``balanced_pi0.groups.R1PRO``):
+base 0:3 (vx, vy, wz in the robot frame), torso 3:7, left arm 7:14, left
+gripper 14, right arm 15:22, right gripper 22. Grippers are in [-1, 1]: +1 open,
+-1 closed. The state is the same 23 proprioceptive dims (for the base, the
+realised velocity) followed by the target cube's position in the robot frame
+(x forward, y left, z up; 3 dims): the object pose that low-dimensional
+manipulation benchmarks (robomimic, Meta-World) give their policies. Without
+it the tiny policies of the embedded default would have to find a 2.5 cm cube
+anywhere on a 4 m disc from 32 px images, which they do not learn on two CPU
+cores; with it the problem left is the one the project studies: turning a known
+goal into base and arm motion.
 
 Task: a cube of a named colour is placed either within reach of the start pose
 (arm-heavy) or 1.5-4 m away (base-heavy); the prompt names the colour and the
@@ -32,6 +39,9 @@ from balanced_pi0.errors import InputError
 from balanced_pi0.sim import robot
 
 ACTION_DIM = 23
+#: The 23 proprioceptive dims in action order, then the target's position in the robot frame.
+STATE_DIM = ACTION_DIM + 3
+TARGET_STATE = slice(ACTION_DIM, STATE_DIM)
 BASE, TORSO, LEFT_ARM, LEFT_GRIPPER, RIGHT_ARM, RIGHT_GRIPPER = (
     slice(0, 3),
     slice(3, 7),
@@ -75,7 +85,7 @@ class Target:
 class MobileReachEnv:
     """``reset(seed) -> obs``; ``step(action[23]) -> (obs, success, done)``.
 
-    ``obs = {"state": float32[23], "images": {camera: uint8[H, W, 3]}, "prompt": str}``.
+    ``obs = {"state": float32[26], "images": {camera: uint8[H, W, 3]}, "prompt": str}``.
     ``success`` is latched: True from the first step the named hand reached the cube.
     ``target`` (colour, hand, world position, placement) is privileged, for the expert.
     """
@@ -144,6 +154,18 @@ class MobileReachEnv:
 
     def ee_distance(self) -> float:
         return float(np.linalg.norm(self.ee_pos(self.target.hand) - self.target.pos))
+
+    def progress(self) -> dict[str, float]:
+        """Task progress for the failure breakdown: whether the cube is within the named arm's reach
+        (shoulder-to-cube distance at most the arm's length), which arm is named (0 left, 1 right),
+        and the named hand's distance to the cube."""
+        shoulder = self.data.xpos[self.model.body(f"{self.target.hand}_shoulder").id]
+        reach = robot.UPPER_ARM + robot.FOREARM + robot.HAND
+        return {
+            "in_reach": float(np.linalg.norm(self.target.pos - shoulder) <= reach),
+            "hand": float(robot.SIDES.index(self.target.hand)),
+            "hand_distance": self.ee_distance(),
+        }
 
     def base_pose(self) -> np.ndarray:
         """(x, y, yaw) of the base in the world."""
@@ -242,7 +264,16 @@ class MobileReachEnv:
             self.data.qpos[self._fingers[side]] = 0.5 * (g + 1.0) * robot.FINGER_TRAVEL
 
     def state(self) -> np.ndarray:
-        return np.concatenate([self._velocity, self._joint_pos]).astype(np.float32)
+        return np.concatenate([self._velocity, self._joint_pos, self.target_in_robot_frame()]).astype(
+            np.float32
+        )
+
+    def target_in_robot_frame(self) -> np.ndarray:
+        """The cube centre relative to the base: (forward, left) in the base's heading, and height."""
+        x, y, yaw = self.base_pose()
+        dx, dy = self.target.pos[0] - x, self.target.pos[1] - y
+        c, s = math.cos(yaw), math.sin(yaw)
+        return np.array([c * dx + s * dy, -s * dx + c * dy, self.target.pos[2]])
 
     def _observe(self) -> dict:
         return {"state": self.state(), "images": self._render(), "prompt": self.prompt}

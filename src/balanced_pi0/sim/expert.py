@@ -44,7 +44,7 @@ class ScriptedExpert:
         self._jac = np.zeros((3, env.model.nv))
 
     def act(self, obs: dict) -> np.ndarray:
-        state = np.asarray(obs["state"], dtype=np.float64)
+        state = np.asarray(obs["state"], dtype=np.float64)[: _env.ACTION_DIM]
         action = state.copy()
         action[_env.BASE] = 0.0
         if self._driving:
