@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from balanced_pi0 import groups
-from balanced_pi0.groups import Group, GroupLayout, LayoutError
+from balanced_pi0.groups import Group, GroupLayout, LayoutError, layout_from_mapping
 
 
 def test_r1pro_is_the_behavior1k_action_order():
@@ -99,3 +99,23 @@ def test_layout_from_mapping_round_trip():
     assert [(g.name, g.start, g.stop) for g in layout.groups] == [
         (g.name, g.start, g.stop) for g in groups.R1PRO.groups
     ]
+
+
+def test_make_bool_mask_follows_openpi():
+    from balanced_pi0.groups import make_bool_mask
+
+    assert make_bool_mask(2, -2, 2).tolist() == [True, True, False, False, True, True]
+    with pytest.raises(LayoutError, match="non-zero ints"):
+        make_bool_mask(2, 0)
+
+
+def test_a_delta_mask_must_cover_the_layout():
+    with pytest.raises(LayoutError, match="covers 4 dims, real_action_dim is 3"):
+        layout_from_mapping("x", {"a": [0, 3]}, 3, delta_mask=[2, -2])
+    assert layout_from_mapping("x", {"a": [0, 3]}, 3, delta_mask=[-1, 2]).delta_mask().tolist() == [
+        False,
+        True,
+        True,
+    ]
+    with pytest.raises(LayoutError, match="defines no delta-action mask"):
+        layout_from_mapping("x", {"a": [0, 3]}, 3).delta_mask()

@@ -9,15 +9,18 @@ import pytest
 
 from balanced_pi0 import config as _config
 from balanced_pi0.errors import InputError
+from balanced_pi0.groups import R1PRO
 from balanced_pi0.policy_io import (
     STD_EPS,
     NormStats,
     PolicyIO,
     camera_map,
+    from_delta_actions,
     images_to_model,
     load_norm_stats,
     normalize,
     pad_to_dim,
+    to_delta_actions,
     unnormalize,
 )
 
@@ -121,9 +124,56 @@ def test_from_params_builds_the_model_batch_of_a_loader_batch(tmp_path):
     np.testing.assert_array_equal(obs["image_masks"]["right_wrist_0_rgb"], [False, False])
     assert obs["tokenized_prompt"].shape == (2, 48) and obs["tokenized_prompt"].dtype == np.int32
     assert obs["tokenized_prompt_mask"][0].sum() > obs["tokenized_prompt_mask"][1].sum()
-    np.testing.assert_allclose(io.robot_actions(out["actions"]), batch["actions"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        io.robot_actions(out["actions"], batch["state"]), batch["actions"], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_more_dataset_cameras_than_model_inputs_is_an_error():
     with pytest.raises(InputError, match=r"dataset\.cameras"):
         camera_map(["a", "b", "c", "d"], ["x", "y", "z"])
+
+
+def test_delta_actions_subtract_the_chunks_first_state_on_the_mask_and_invert_exactly():
+    rng = np.random.default_rng(3)
+    mask = R1PRO.delta_mask()
+    state = rng.normal(size=(2, 26)).astype(np.float32)  # the layout's 23 dims, then more
+    actions = rng.normal(size=(2, H, D)).astype(np.float32)
+    delta = to_delta_actions(actions, state, mask)
+    np.testing.assert_array_equal(delta[..., ~mask], actions[..., ~mask])
+    for h in range(H):
+        np.testing.assert_allclose(delta[:, h, mask], actions[:, h, mask] - state[:, :D][:, mask], atol=1e-6)
+    np.testing.assert_allclose(from_delta_actions(delta, state, mask), actions, atol=1e-6)
+    with pytest.raises(InputError, match="state must start with the action layout"):
+        to_delta_actions(actions, state[:, :10], mask)
+
+
+def test_winners_r1pro_mask_deltas_torso_3_to_6_and_both_arms():
+    mask = R1PRO.delta_mask()
+    assert np.flatnonzero(mask).tolist() == [3, 4, 5, *range(7, 14), *range(15, 22)]
+
+
+def test_delta_actions_need_delta_statistics(tmp_path):
+    s_state, s_act = stats(26, 0), stats((10, D), 1)
+    write_stats(tmp_path / "per_timestep.json", s_state, s_act)
+    params = _config.from_dict({"train": {"norm_stats": "delta_per_timestep", "delta_actions": True}})
+    with pytest.raises(InputError, match="norm stats file not found"):
+        PolicyIO.from_params(params, tmp_path)
+    (tmp_path / "delta_per_timestep.json").write_text((tmp_path / "per_timestep.json").read_text())
+    with pytest.raises(InputError, match="statistics of absolute actions, but training uses delta"):
+        PolicyIO.from_params(params, tmp_path)
+    doc = json.loads((tmp_path / "per_timestep.json").read_text())
+    doc["delta_mask"] = R1PRO.delta_mask().tolist()
+    (tmp_path / "delta_per_timestep.json").write_text(json.dumps(doc))
+    io = PolicyIO.from_params(params, tmp_path)
+    rng = np.random.default_rng(5)
+    state = rng.normal(size=(2, 26)).astype(np.float32)
+    actions = rng.normal(size=(2, 10, D)).astype(np.float32)
+    np.testing.assert_allclose(io.robot_actions(io.actions(actions, state), state), actions, atol=1e-5)
+
+
+def test_delta_actions_and_norm_stats_must_agree_in_params():
+    with pytest.raises(_config.ConfigError, match="delta_actions and train.norm_stats go together"):
+        _config.from_dict({"train": {"delta_actions": True}})
+    with pytest.raises(_config.ConfigError, match="go together"):
+        _config.from_dict({"train": {"norm_stats": "delta_per_timestep"}})

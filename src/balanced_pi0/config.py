@@ -43,6 +43,8 @@ class LayoutConfig:
     preset: str | None = "r1pro"
     groups: dict[str, list[int]] | None = None
     real_action_dim: int | None = None
+    #: with ``groups``: openpi ``make_bool_mask`` run lengths of the delta-action dims (presets carry theirs)
+    delta_mask: list[int] | None = None
 
     @model_validator(mode="after")
     def _one_of(self):
@@ -54,7 +56,9 @@ class LayoutConfig:
 
     def build(self) -> _groups.GroupLayout:
         if self.groups is not None:
-            return _groups.layout_from_mapping("custom", self.groups, int(self.real_action_dim))
+            return _groups.layout_from_mapping(
+                "custom", self.groups, int(self.real_action_dim), delta_mask=self.delta_mask
+            )
         return _groups.get_layout(self.preset)
 
 
@@ -114,7 +118,7 @@ class AnalyzeConfig:
     max_weight: float = Field(5.0, ge=1.0)
 
 
-NormVariant = Literal["standard", "balanced", "per_timestep"]
+NormVariant = Literal["standard", "balanced", "per_timestep", "delta_per_timestep"]
 
 
 @section
@@ -204,6 +208,9 @@ class TrainConfig:
     seed: int = 0
     batch_size: int = Field(16, gt=0)
     norm_stats: NormVariant = "standard"
+    #: train the layout's delta-mask dims as ``action − state_t`` (openpi ``DeltaActions``); needs
+    #: ``norm_stats: delta_per_timestep``, the statistics of those deltas
+    delta_actions: bool = False
     #: params to start from (an openpi-path ``.npz``, e.g. another run's final/params.npz); null = random init
     init_from: str | None = None
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -231,6 +238,8 @@ class EvalConfig:
     max_steps: int = Field(120, gt=0)
     rollout_seed: int = 10_000
     n_action_steps: int = Field(5, gt=0)
+    #: scenes rolled out in lockstep, the policy sampling one batch of chunks for all of them
+    parallel_envs: int = Field(16, gt=0)
     videos: int = Field(2, ge=0)
     #: offline: validation chunks per sampling batch, and every stride-th batch is scored
     batch_size: int = Field(32, gt=0)
@@ -316,6 +325,17 @@ class Params:
             raise ValueError(
                 f"model.action_dim {self.model.action_dim} < layout real_action_dim {layout.real_action_dim}"
             )
+        if self.train.delta_actions != (self.train.norm_stats == "delta_per_timestep"):
+            raise ValueError(
+                "train.delta_actions and train.norm_stats go together: delta actions are normalised with "
+                "the statistics of the deltas (norm_stats: delta_per_timestep) and only they use them; got "
+                f"delta_actions={self.train.delta_actions}, norm_stats={self.train.norm_stats!r}"
+            )
+        if "delta_per_timestep" in self.normstats.variants or self.train.delta_actions:
+            try:
+                layout.delta_mask()
+            except _groups.LayoutError as e:
+                raise ValueError(str(e)) from None
         return self
 
 

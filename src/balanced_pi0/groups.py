@@ -7,6 +7,13 @@ The R1Pro preset follows BEHAVIOR-1K's *action* order (``ACTION_QPOS_INDICES``):
 base 0:3 (vx, vy, wz velocity), torso 3:7, left arm 7:14, left gripper 14,
 right arm 15:22, right gripper 22. The proprio-*state* order differs (there the
 right arm is 14:21); using it for actions is a common mistake.
+
+A layout may also say which dimensions are trained as *delta actions* (openpi's
+``DeltaActions``: ``a − state_t`` for every step of a chunk, ``state_t`` the
+state at the chunk's first step). The R1Pro preset carries the mask of the
+BEHAVIOR Challenge 2025 winner (arXiv 2512.06951), openpi's
+``make_bool_mask(-3, 3, -1, 7, -1, 7, -1)``: base velocity absolute, torso dims
+3:6 delta, torso dim 6 absolute, both arms delta, grippers absolute.
 """
 
 from __future__ import annotations
@@ -50,9 +57,20 @@ class GroupLayout:
     groups: tuple[Group, ...]
     real_action_dim: int
     model_action_dim: int = MODEL_ACTION_DIM
+    #: openpi ``make_bool_mask`` run lengths of the delta-action dims (None: the layout has none)
+    delta_mask_spec: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    def delta_mask(self) -> np.ndarray:
+        """bool [real_action_dim]: True on the dims trained as deltas from the chunk's first state."""
+        if self.delta_mask_spec is None:
+            raise LayoutError(
+                f"layout {self.name!r} defines no delta-action mask (layout.delta_mask), so "
+                "train.delta_actions cannot be used with it"
+            )
+        return make_bool_mask(*self.delta_mask_spec)
 
     # --- lookups -------------------------------------------------------------------
     @property
@@ -142,7 +160,18 @@ class GroupLayout:
             "real_action_dim": self.real_action_dim,
             "model_action_dim": self.model_action_dim,
             "groups": {g.name: [g.start, g.stop] for g in self.groups},
+            "delta_mask": None if self.delta_mask_spec is None else list(self.delta_mask_spec),
         }
+
+
+def make_bool_mask(*dims: int) -> np.ndarray:
+    """openpi's mask builder: ``make_bool_mask(2, -2, 2) == [T, T, F, F, T, T]``."""
+    out: list[bool] = []
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, int) or d == 0:
+            raise LayoutError(f"delta mask: run lengths must be non-zero ints, got {d!r}")
+        out.extend([d > 0] * abs(d))
+    return np.asarray(out, dtype=bool)
 
 
 def _check_weight(w: object, field: str) -> None:
@@ -184,6 +213,13 @@ def _validate(layout: GroupLayout) -> None:
     missing = [i for i in range(d) if i not in owner]
     if missing:
         raise LayoutError(f"layout {layout.name!r}: dimensions {missing} belong to no group")
+    if layout.delta_mask_spec is not None:
+        width = len(make_bool_mask(*layout.delta_mask_spec))
+        if width != d:
+            raise LayoutError(
+                f"layout {layout.name!r}: delta_mask {list(layout.delta_mask_spec)} covers {width} dims, "
+                f"real_action_dim is {d}"
+            )
 
 
 def layout_from_mapping(
@@ -191,6 +227,7 @@ def layout_from_mapping(
     groups: Mapping[str, Sequence[int]],
     real_action_dim: int,
     model_action_dim: int = MODEL_ACTION_DIM,
+    delta_mask: Sequence[int] | None = None,
 ) -> GroupLayout:
     """Build a layout from ``{group: [start, stop)}`` as written in params.yaml."""
     parsed = []
@@ -203,7 +240,11 @@ def layout_from_mapping(
             raise LayoutError(f"layout {name!r}: group {gname!r} must be [start, stop) ints, got {span!r}")
         parsed.append(Group(str(gname), int(span[0]), int(span[1])))
     return GroupLayout(
-        name=name, groups=tuple(parsed), real_action_dim=real_action_dim, model_action_dim=model_action_dim
+        name=name,
+        groups=tuple(parsed),
+        real_action_dim=real_action_dim,
+        model_action_dim=model_action_dim,
+        delta_mask_spec=None if delta_mask is None else tuple(delta_mask),
     )
 
 
@@ -218,6 +259,7 @@ R1PRO = GroupLayout(
         Group("right_gripper", 22, 23),
     ),
     real_action_dim=23,
+    delta_mask_spec=(-3, 3, -1, 7, -1, 7, -1),
 )
 
 PRESETS: dict[str, GroupLayout] = {"r1pro": R1PRO}

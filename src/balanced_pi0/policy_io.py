@@ -15,7 +15,14 @@ normalised numbers. What happens here follows openpi's input pipeline:
   model camera with no dataset camera gets a black image and a False mask.
 - **Prompts** are tokenised to ``max_token_len`` with a mask.
 
-``unnormalize_actions`` inverts the action normalisation for evaluation.
+- **Delta actions** (``train.delta_actions``, openpi's ``DeltaActions``): on the
+  layout's delta-mask dims every step of a chunk becomes ``a − s_t``, ``s_t`` the
+  (raw) state at the chunk's first step, before normalising; ``robot_actions``
+  adds ``s_t`` back after unnormalising, so rollouts get absolute targets. This
+  needs the state to start with the action layout's dims (true for the embedded
+  task; BEHAVIOR-1K's proprio order needs a state→action map first).
+
+``robot_actions`` inverts all of it for evaluation.
 """
 
 from __future__ import annotations
@@ -45,15 +52,28 @@ class NormStats:
     q99: np.ndarray
 
 
-def load_norm_stats(path: str | Path) -> dict[str, NormStats]:
-    """Read an openpi-format file ``{"norm_stats": {"state": {...}, "actions": {...}}}``."""
+def load_norm_stats(path: str | Path, delta_mask: np.ndarray | None = None) -> dict[str, NormStats]:
+    """Read an openpi-format file ``{"norm_stats": {"state": {...}, "actions": {...}}}``.
+
+    ``delta_mask`` is the mask the actions will be trained with (None: absolute actions); the file
+    must have been computed for the same (``bpi0 normstats`` records it as ``delta_mask``).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: norm stats file not found (run `bpi0 normstats` first)")
     try:
-        raw = json.loads(path.read_text())["norm_stats"]
+        doc = json.loads(path.read_text())
+        raw = doc["norm_stats"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise InputError(f"{path}: not an openpi norm stats file ({type(e).__name__}: {e})") from None
+    recorded = doc.get("delta_mask")
+    expected = None if delta_mask is None else np.asarray(delta_mask, bool).tolist()
+    if recorded != expected:
+        raise InputError(
+            f"{path}: statistics of {'delta actions with mask ' + str(recorded) if recorded else 'absolute actions'}"
+            f", but training uses {'delta actions with mask ' + str(expected) if expected else 'absolute actions'}"
+            " (train.delta_actions and train.norm_stats must agree)"
+        )
     out = {}
     for key in ("state", "actions"):
         if key not in raw:
@@ -91,6 +111,30 @@ def _check_stats_shape(x: np.ndarray, stats: NormStats, what: str) -> None:
     shape = stats.mean.shape
     if tuple(x.shape[-len(shape) :]) != shape:
         raise InputError(f"{what}: array of shape {x.shape} does not end in the stats' shape {shape}")
+
+
+def to_delta_actions(actions: np.ndarray, state: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``actions [..., (H,) D] − state [..., Ds]`` on the ``mask`` dims (state broadcast over H)."""
+    return _shift_masked(actions, state, mask, -1.0)
+
+
+def from_delta_actions(actions: np.ndarray, state: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Inverse of ``to_delta_actions``: the state added back on the ``mask`` dims."""
+    return _shift_masked(actions, state, mask, 1.0)
+
+
+def _shift_masked(actions: np.ndarray, state: np.ndarray, mask: np.ndarray, sign: float) -> np.ndarray:
+    actions, state = np.asarray(actions), np.asarray(state)
+    width = actions.shape[-1]
+    if mask.shape != (width,) or state.shape[-1] < width:
+        raise InputError(
+            f"delta actions: actions have {width} dims, the delta mask {mask.shape[0]} and the state "
+            f"{state.shape[-1]}; the state must start with the action layout's dims"
+        )
+    s = state[..., :width]
+    if actions.ndim == state.ndim + 1:  # a chunk: the chunk's first state for every step
+        s = s[..., None, :]
+    return (actions + sign * np.where(mask, s, 0.0)).astype(actions.dtype)
 
 
 def pad_to_dim(x: np.ndarray, dim: int) -> np.ndarray:
@@ -140,6 +184,8 @@ class PolicyIO:
     camera_map: Mapping[str, str]
     model_cameras: tuple[str, ...]
     tokenize: Tokenize
+    #: bool [real action dims]: dims trained as deltas from the chunk's first state (None: absolute)
+    delta_mask: np.ndarray | None = None
 
     @classmethod
     def from_params(cls, params, norm_stats_dir: str | Path = "data/norm_stats") -> PolicyIO:
@@ -149,14 +195,16 @@ class PolicyIO:
         from balanced_pi0.tokenizer import ByteTokenizer
 
         m = params.model
+        delta_mask = params.layout.build().delta_mask() if params.train.delta_actions else None
         return cls(
-            norm_stats=load_norm_stats(Path(norm_stats_dir) / f"{params.train.norm_stats}.json"),
+            norm_stats=load_norm_stats(Path(norm_stats_dir) / f"{params.train.norm_stats}.json", delta_mask),
             min_std=params.normstats.min_std,
             action_dim=m.action_dim,
             image_resolution=m.image_resolution,
             camera_map=camera_map(params.dataset.cameras, CAMERAS),
             model_cameras=CAMERAS,
             tokenize=ByteTokenizer(m.max_token_len).tokenize,
+            delta_mask=delta_mask,
         )
 
     def observation(self, batch: Mapping) -> dict:
@@ -186,23 +234,34 @@ class PolicyIO:
             "tokenized_prompt_mask": np.stack(token_mask).astype(bool),
         }
 
-    def actions(self, actions: np.ndarray) -> np.ndarray:
-        """float32 [B, H, action_dim]: normalised and padded training targets."""
+    def actions(self, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """float32 [B, H, action_dim]: (delta,) normalised and padded training targets.
+
+        ``state`` [B, Ds] is the raw state at each chunk's first step.
+        """
+        if self.delta_mask is not None:
+            actions = to_delta_actions(actions, state, self.delta_mask)
         return pad_to_dim(normalize(actions, self.norm_stats["actions"], self.min_std), self.action_dim)
 
     def model_batch(self, batch: Mapping) -> dict:
         """What a backend's train step reads: observation, actions, action_is_pad."""
         return {
             "observation": self.observation(batch),
-            "actions": self.actions(np.asarray(batch["actions"], dtype=np.float32)),
+            "actions": self.actions(np.asarray(batch["actions"], dtype=np.float32), batch["state"]),
             "action_is_pad": np.asarray(batch["action_is_pad"], dtype=bool),
         }
 
-    def robot_actions(self, model_actions: np.ndarray) -> np.ndarray:
-        """Model output [..., H, action_dim] → robot actions [..., H, real dims], unnormalised."""
+    def robot_actions(self, model_actions: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """Model output [B, H, action_dim] → robot actions [B, H, real dims]: unnormalised, absolute.
+
+        ``state`` [B, Ds] is the raw state the chunk was sampled from (delta actions add it back).
+        """
         stats = self.norm_stats["actions"]
         real = stats.mean.shape[-1]
-        return unnormalize(np.asarray(model_actions)[..., :real], stats, self.min_std)
+        actions = unnormalize(np.asarray(model_actions)[..., :real], stats, self.min_std)
+        if self.delta_mask is not None:
+            actions = from_delta_actions(actions, state, self.delta_mask)
+        return actions
 
 
 def camera_map(dataset_cameras: Sequence[str], model_cameras: Sequence[str]) -> dict[str, str]:

@@ -74,7 +74,7 @@ def test_policy_that_holds_the_pose_has_zero_motion_and_skill(setup):
 
 def test_policy_that_returns_the_truth_has_unit_motion_and_skill(setup):
     _params, policy_io, batches = setup
-    truth = iter([policy_io.actions(np.asarray(b["actions"])) for b in batches for _ in range(2)])
+    truth = iter([policy_io.actions(np.asarray(b["actions"]), b["state"]) for b in batches for _ in range(2)])
 
     def oracle(obs, noise):
         return next(truth)

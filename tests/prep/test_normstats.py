@@ -115,6 +115,35 @@ def test_per_timestep_stats_are_over_unpadded_chunk_steps():
             assert np.all(np.abs(got - np.quantile(x, q, axis=0)) <= _tolerance(x))
 
 
+def test_delta_per_timestep_stats_are_over_action_minus_the_chunks_first_state():
+    rng = np.random.default_rng(6)
+    eps = [rng.normal(size=(n, 3)) for n in (5, 9)]
+    states = [np.c_[rng.normal(size=(len(a), 3)), np.ones((len(a), 2))] for a in eps]  # wider state
+    data = columns(eps, states)
+    mask = np.array([True, False, True])
+    stats = ns.per_timestep_stats(data, 3, bins=BINS, delta_mask=mask)
+    for h in range(3):
+        rows = [
+            a[t + h] - np.where(mask, s[t, :3], 0.0)
+            for a, s in zip(eps, states, strict=True)
+            for t in range(len(a))
+            if t + h < len(a)
+        ]
+        x = np.stack([np.float32(r) for r in rows]).astype(np.float64)
+        np.testing.assert_allclose(stats.mean[h], x.mean(axis=0), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(stats.std[h], x.std(axis=0), rtol=1e-5)
+
+
+def test_delta_variant_records_its_mask():
+    rng = np.random.default_rng(7)
+    eps = [rng.normal(size=(12, 23)) for _ in range(3)]
+    docs = ns.compute_variants(
+        columns(eps), ["delta_per_timestep"], layout=R1PRO, bins=BINS, min_std=1e-3, horizon=4
+    )
+    assert docs["delta_per_timestep"]["delta_mask"] == R1PRO.delta_mask().tolist()
+    assert np.asarray(docs["delta_per_timestep"]["norm_stats"]["actions"]["mean"]).shape == (4, 23)
+
+
 def test_per_timestep_horizon_longer_than_every_episode_is_an_input_error():
     data = columns([np.zeros((3, 2)), np.zeros((2, 2))])
     with pytest.raises(InputError, match=r"horizon step 3 has no unpadded frame"):

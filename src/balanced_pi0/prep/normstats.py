@@ -30,6 +30,11 @@ layout ``{"norm_stats": {"state": {...}, "actions": {...}}}``):
   Padded steps (LeRobot clamps steps past an episode's end to its last frame and
   flags them in ``action_is_pad``) are *excluded*: the loss never trains on them,
   so step h's statistics are over frames with index ≥ h of each episode.
+- ``delta_per_timestep``: the same per-timestep statistics of *delta actions*
+  (``policy_io.to_delta_actions``: on the layout's delta-mask dims, ``a[t+h] − s[t]``
+  with ``s[t]`` the state at the chunk's first step; the other dims as they are).
+  This is how the BEHAVIOR Challenge 2025 winner normalised (openpi's
+  ``DeltaActions`` + per-timestep z-score); ``train.delta_actions`` uses it.
 """
 
 from __future__ import annotations
@@ -186,6 +191,18 @@ def slice_blocks(x: np.ndarray, spans: list[tuple[int, int]]) -> Callable[[], It
     return gen
 
 
+def delta_blocks(data, spans: list[tuple[int, int]], h: int, mask: np.ndarray):
+    """Rows ``to_delta_actions(a[t+h], s[t])`` for the chunk starts t of each span ``(start+h, stop)``."""
+    from balanced_pi0.policy_io import to_delta_actions
+
+    def gen() -> Iterator[np.ndarray]:
+        for s, e in spans:
+            if e > s:
+                yield to_delta_actions(data.action[s:e], data.state[s - h : e - h], mask)
+
+    return gen
+
+
 # --------------------------------------------------------------------------------------
 # Variants and the scale floor
 # --------------------------------------------------------------------------------------
@@ -256,10 +273,19 @@ def chunk_step_spans(data, horizon: int) -> list[list[tuple[int, int]]]:
     return [[(int(s), int(e)) for s, e in sp] for sp in spans]
 
 
-def per_timestep_stats(data, horizon: int, *, bins: int) -> FeatureStats:
-    """Action statistics per (horizon step, dim), stacked to ``[horizon, D]``."""
+def per_timestep_stats(
+    data, horizon: int, *, bins: int, delta_mask: np.ndarray | None = None
+) -> FeatureStats:
+    """Action statistics per (horizon step, dim), stacked to ``[horizon, D]``.
+
+    With ``delta_mask``, of the delta actions ``a[t+h] − s[t]`` on the masked dims.
+    """
     per_step = [
-        feature_stats(slice_blocks(data.action, sp), bins=bins, desc=f"actions[h={h}]")
+        feature_stats(
+            slice_blocks(data.action, sp) if delta_mask is None else delta_blocks(data, sp, h, delta_mask),
+            bins=bins,
+            desc=f"{'delta ' if delta_mask is not None else ''}actions[h={h}]",
+        )
         for h, sp in enumerate(chunk_step_spans(data, horizon))
     ]
     stack = {k: np.stack([getattr(s, k) for s in per_step]) for k in _ARRAYS}
@@ -303,6 +329,16 @@ def compute_variants(data, variants, *, layout: GroupLayout, bins: int, min_std:
                 "actions statistics have shape [action_horizon, D]: row h is over a[t+h] for every chunk "
                 "start t with t+h inside the episode; steps LeRobot would pad (clamped to the last frame, "
                 "flagged in action_is_pad) are excluded"
+            )
+        elif variant == "delta_per_timestep":
+            mask = layout.delta_mask()
+            var_actions = per_timestep_stats(data, horizon, bins=bins, delta_mask=mask)
+            extra["per_timestep"] = {"action_horizon": horizon, "padded_steps": "excluded"}
+            extra["delta_mask"] = mask.tolist()
+            notes["delta_per_timestep"] = (
+                "actions statistics of delta actions, shape [action_horizon, D]: on the dims where "
+                "delta_mask is true, row h is over a[t+h] - state[t] (state at the chunk's first step); "
+                "elsewhere over a[t+h]; padded steps excluded"
             )
         docs[variant] = _document(variant, state, var_actions, min_std, notes, extra, data, bins)
     return docs
