@@ -110,3 +110,83 @@ def test_scripted_expert_succeeds_through_the_harness(tmp_path):
     assert summary["episodes"] == 20
     assert summary["success_rate"] >= 0.95
     assert summary["arm_path"] > 0
+
+
+def test_batched_rollouts_equal_one_at_a_time():
+    """Lockstep batches (finished envs kept in the batch) give each scene the rollout it gets alone."""
+    seeds = [0, 1, 2]
+    limits = [6, 30, 12]  # scenes end at different times
+
+    def batch_policy(obs, _seeds):
+        return np.stack(
+            [reaching_policy([])(o) * (0.5 if s == 1 else 1.0) for o, s in zip(obs, _seeds, strict=True)]
+        )
+
+    batched = cl.rollout_batch(
+        [ToyEnv(max_steps=m) for m in limits], batch_policy, seeds, n_action_steps=3, max_steps=50
+    )
+    for r, s, m in zip(batched, seeds, limits, strict=True):
+        alone = cl.rollout(
+            ToyEnv(max_steps=m),
+            lambda o, s=s: batch_policy([o], [s])[0],
+            s,
+            n_action_steps=3,
+            max_steps=50,
+        )
+        assert (r.seed, r.success, r.steps) == (alone.seed, alone.success, alone.steps)
+        np.testing.assert_array_equal(r.states, alone.states)
+        np.testing.assert_array_equal(r.actions, alone.actions)
+
+
+def test_batch_policy_of_the_wrong_batch_size_is_an_error():
+    with pytest.raises(InputError, match=r"expected \[2, H, D\]"):
+        cl.rollout_batch(
+            [ToyEnv(), ToyEnv()], lambda obs, s: np.zeros((1, 4, 23)), [0, 1], n_action_steps=1, max_steps=5
+        )
+
+
+def _with_progress(states, in_reach, hand=0, success=False):
+    states = np.asarray(states, np.float64)
+    n = len(states)
+    return cl.Rollout(
+        seed=0,
+        success=success,
+        steps=n - 1,
+        steps_to_success=n - 1 if success else None,
+        states=states,
+        actions=states[1:],
+        frames=None,
+        progress={"in_reach": np.asarray(in_reach, float), "hand": np.full(n, float(hand))},
+    )
+
+
+@pytest.mark.parametrize(
+    ("moves", "in_reach", "success", "expected"),
+    [
+        ({}, [1, 1, 1], True, "success"),
+        ({"left_arm": 1.0}, [0, 0, 0], False, "base_not_arrived"),
+        ({}, [0, 1, 1], False, "arm_idle"),
+        ({"right_arm": 0.5, "left_arm": 0.2}, [1, 1, 1], False, "wrong_hand"),
+        ({"left_arm": 0.5}, [1, 1, 1], False, "wrong_place"),
+        # motion before the base arrived does not count as reaching
+        ({"left_arm_before": 1.0}, [0, 0, 1], False, "arm_idle"),
+    ],
+)
+def test_failure_breakdown(moves, in_reach, success, expected):
+    states = np.zeros((3, 23))
+    for name, amount in moves.items():
+        if name == "left_arm_before":
+            states[1, 7] = amount  # moves out and back before arrival at step 2
+            continue
+        g = R1PRO.group(name)
+        states[2, g.start] = amount
+    r = _with_progress(states, in_reach, hand=0, success=success)
+    assert cl.outcome(r, R1PRO) == expected
+
+
+def test_summary_counts_outcomes_and_is_none_without_progress():
+    r = _with_progress(np.zeros((3, 23)), [0, 0, 0])
+    s = cl.summarize([r, r], R1PRO, fps=10.0)
+    assert s["outcomes"] == {o: (2 if o == "base_not_arrived" else 0) for o in cl.OUTCOMES}
+    plain = cl.rollout(ToyEnv(max_steps=3), idle_policy, 0, n_action_steps=1, max_steps=5)
+    assert cl.summarize([plain], R1PRO, fps=10.0)["outcomes"] is None

@@ -1,13 +1,16 @@
 """Closed-loop rollouts with action chunking, and the metrics that show stagnation in behaviour.
 
 A policy maps an observation to an action chunk [H, D]; the harness executes the first
-``n_action_steps`` of each chunk, then asks again (openpi/LeRobot action chunking). The
-scripted expert runs through the same code as a policy with chunks of length one, so the
-harness is checked before any model is judged by it.
+``n_action_steps`` of each chunk, then asks again (openpi/LeRobot action chunking). Scenes
+run in lockstep batches so that a model samples one batch of chunks per step of the batch.
+The scripted expert runs through the same code as a policy with chunks of length one, so
+the harness is checked before any model is judged by it.
 
 Reported per policy: success rate with a Wilson 95 % interval, time to success, the
 fraction of unfinished steps in which both arms are idle (the stagnation signature),
-and base distance and arm path length, compared with the expert on the same seeds.
+base distance and arm path length, compared with the expert on the same seeds, and why
+each failed rollout failed (``outcome``: the base never arrived, the arm stayed idle, the
+wrong arm moved, or the right arm reached the wrong place).
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ class Env(Protocol):
 
 
 ChunkPolicy = Callable[[dict[str, Any]], np.ndarray]
+#: observations of every env of a batch (finished ones included) and their scene seeds → [B, H, D]
+BatchPolicy = Callable[[list[dict[str, Any]], list[int]], np.ndarray]
+
+#: Failure classes of a rollout, in the order the paper reports them.
+OUTCOMES = ("success", "base_not_arrived", "arm_idle", "wrong_hand", "wrong_place")
+#: After arrival, a named arm whose joints travel less than this (rad, summed path) never tried to reach.
+ARM_REACH_PATH = 0.1
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,8 @@ class Rollout:
     states: np.ndarray  # [T+1, D] states seen, first one after reset
     actions: np.ndarray  # [T, D]
     frames: np.ndarray | None  # [T+1, H, W, 3] of one camera, when recorded
+    #: per-step task progress from ``env.progress()`` ([T+1] arrays), when the env reports it
+    progress: dict[str, np.ndarray] | None = None
 
 
 def rollout(
@@ -57,38 +69,135 @@ def rollout(
     reset_policy: Callable[[], None] | None = None,
     record_camera: str | None = None,
 ) -> Rollout:
-    """One episode. The policy is reset (if it has state) after the env, so it may read the new scene."""
-    if n_action_steps <= 0:
-        raise InputError(f"eval.n_action_steps must be > 0, got {n_action_steps}")
-    obs = env.reset(seed)
-    if reset_policy is not None:
-        reset_policy()
-    states, actions, frames = [obs["state"]], [], []
-    if record_camera is not None:
-        frames.append(obs["images"][record_camera])
-    success, done, t = False, False, 0
-    while not (success or done) and t < max_steps:
-        chunk = np.asarray(policy(obs), dtype=np.float32)
+    """One episode (``rollout_batch`` with one env)."""
+
+    def one(obs: list[dict[str, Any]], seeds: list[int]) -> np.ndarray:
+        chunk = np.asarray(policy(obs[0]), dtype=np.float32)
         if chunk.ndim != 2 or chunk.shape[0] == 0:
             raise InputError(f"policy returned an action chunk of shape {chunk.shape}; expected [H, D]")
-        for action in chunk[:n_action_steps]:
-            obs, success, done = env.step(action)
-            actions.append(action)
-            states.append(obs["state"])
-            if record_camera is not None:
-                frames.append(obs["images"][record_camera])
-            t += 1
-            if success or done or t >= max_steps:
-                break
-    return Rollout(
-        seed=seed,
-        success=bool(success),
-        steps=t,
-        steps_to_success=t if success else None,
-        states=np.asarray(states, np.float64),
-        actions=np.asarray(actions, np.float64).reshape(t, -1),
-        frames=np.asarray(frames) if record_camera is not None else None,
-    )
+        return chunk[None]
+
+    return rollout_batch(
+        [env],
+        one,
+        [seed],
+        n_action_steps=n_action_steps,
+        max_steps=max_steps,
+        reset_policy=None if reset_policy is None else (lambda i: reset_policy()),
+        record_camera=record_camera,
+    )[0]
+
+
+def rollout_batch(
+    envs: Sequence[Env],
+    policy: BatchPolicy,
+    seeds: Sequence[int],
+    *,
+    n_action_steps: int,
+    max_steps: int,
+    reset_policy: Callable[[int], None] | None = None,
+    record_camera: str | None = None,
+) -> list[Rollout]:
+    """One episode per (env, seed), run in lockstep so the policy sees one batch per chunk.
+
+    The batch always holds every env (a finished one repeats its last observation and its
+    chunk is ignored), so the policy's input shape never changes: one compilation, and a
+    scene's actions do not depend on when the other scenes finish. ``reset_policy(i)`` is
+    called after env i's reset, so a stateful policy may read the new scene.
+    """
+    if n_action_steps <= 0:
+        raise InputError(f"eval.n_action_steps must be > 0, got {n_action_steps}")
+    if len(envs) != len(seeds):
+        raise InputError(f"rollout_batch: {len(envs)} envs for {len(seeds)} seeds")
+    obs = []
+    for i, (env, seed) in enumerate(zip(envs, seeds, strict=True)):
+        obs.append(env.reset(seed))
+        if reset_policy is not None:
+            reset_policy(i)
+    tracks = [_Track(env, o, record_camera) for env, o in zip(envs, obs, strict=True)]
+    while not all(t.finished(max_steps) for t in tracks):
+        chunks = np.asarray(policy(obs, list(seeds)), dtype=np.float32)
+        if chunks.ndim != 3 or chunks.shape[0] != len(envs) or chunks.shape[1] == 0:
+            raise InputError(
+                f"policy returned action chunks of shape {chunks.shape}; expected [{len(envs)}, H, D]"
+            )
+        for i, t in enumerate(tracks):
+            for action in chunks[i, :n_action_steps]:
+                if t.finished(max_steps):
+                    break
+                obs[i] = t.step(action)
+    return [t.result(seed) for t, seed in zip(tracks, seeds, strict=True)]
+
+
+class _Track:
+    """What one env of a batch has done so far."""
+
+    def __init__(self, env: Env, obs: dict[str, Any], record_camera: str | None) -> None:
+        self.env, self.camera = env, record_camera
+        self.success, self.done, self.t = False, False, 0
+        self.states, self.actions, self.frames, self.progress = [], [], [], []
+        self._record(obs)
+
+    def _record(self, obs: dict[str, Any]) -> None:
+        self.states.append(obs["state"])
+        if self.camera is not None:
+            self.frames.append(obs["images"][self.camera])
+        if hasattr(self.env, "progress"):
+            self.progress.append(self.env.progress())
+
+    def finished(self, max_steps: int) -> bool:
+        return self.success or self.done or self.t >= max_steps
+
+    def step(self, action: np.ndarray) -> dict[str, Any]:
+        obs, self.success, self.done = self.env.step(action)
+        self.actions.append(action)
+        self.t += 1
+        self._record(obs)
+        return obs
+
+    def result(self, seed: int) -> Rollout:
+        progress = None
+        if self.progress:
+            progress = {k: np.asarray([p[k] for p in self.progress]) for k in self.progress[0]}
+        return Rollout(
+            seed=seed,
+            success=bool(self.success),
+            steps=self.t,
+            steps_to_success=self.t if self.success else None,
+            states=np.asarray(self.states, np.float64),
+            actions=np.asarray(self.actions, np.float64).reshape(self.t, -1),
+            frames=np.asarray(self.frames) if self.camera is not None else None,
+            progress=progress,
+        )
+
+
+def outcome(r: Rollout, layout: GroupLayout) -> str | None:
+    """Why a rollout failed (``OUTCOMES``), from the env's progress; None when it reports none.
+
+    Needs ``progress`` with ``in_reach`` (the target within reach of the named arm's
+    shoulder), ``hand`` (0 left, 1 right: the named arm) and the arms' joints in ``states``:
+    - ``base_not_arrived``: the target was never within reach;
+    - ``arm_idle``: after arriving, the named arm's joints travelled < ``ARM_REACH_PATH``;
+    - ``wrong_hand``: after arriving, the other arm travelled farther than the named one;
+    - ``wrong_place``: the named arm moved but its hand never reached the target.
+    """
+    if r.success:
+        return "success"
+    if r.progress is None:
+        return None
+    arrived = np.flatnonzero(r.progress["in_reach"])
+    if len(arrived) == 0:
+        return "base_not_arrived"
+    named = ARM_GROUPS[int(r.progress["hand"][0])]
+    other = ARM_GROUPS[1 - int(r.progress["hand"][0])]
+
+    def path(group: str) -> float:
+        g = layout.group(group)
+        return float(np.abs(np.diff(r.states[arrived[0] :, g.start : g.stop], axis=0)).sum())
+
+    if path(named) < ARM_REACH_PATH:
+        return "arm_idle"
+    return "wrong_hand" if path(other) > path(named) else "wrong_place"
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -132,6 +241,7 @@ def summarize(rollouts: Sequence[Rollout], layout: GroupLayout, fps: float) -> d
     idle = np.array([idle_arm_steps(r, layout) for r in rollouts]).reshape(-1, 2)
     moves = [motion(r, layout, fps) for r in rollouts]
     times = [r.steps_to_success / fps for r in rollouts if r.success]
+    outcomes = [outcome(r, layout) for r in rollouts]
     return {
         "episodes": n,
         "successes": int(k),
@@ -141,9 +251,10 @@ def summarize(rollouts: Sequence[Rollout], layout: GroupLayout, fps: float) -> d
         "arm_idle_fraction": float(idle[:, 0].sum() / idle[:, 1].sum()) if idle[:, 1].sum() else 0.0,
         "base_distance": float(np.sum([m["base_distance"] for m in moves])),
         "arm_path": float(np.sum([m["arm_path"] for m in moves])),
+        "outcomes": {o: sum(x == o for x in outcomes) for o in OUTCOMES} if None not in outcomes else None,
         "per_seed": [
-            {"seed": r.seed, "success": r.success, "steps": r.steps, **m}
-            for r, m in zip(rollouts, moves, strict=True)
+            {"seed": r.seed, "success": r.success, "steps": r.steps, "outcome": o, **m}
+            for r, m, o in zip(rollouts, moves, outcomes, strict=True)
         ],
     }
 

@@ -62,7 +62,7 @@ def offline_eval(
         samples = []
         for s in range(num_samples):
             noise = flow_noise(seed, b, s, (n, horizon, policy_io.action_dim))
-            samples.append(policy_io.robot_actions(sampler(obs, noise)))
+            samples.append(policy_io.robot_actions(sampler(obs, noise), batch["state"]))
         width = trues[0].shape[-1] if trues else np.asarray(batch["actions"]).shape[-1]
         preds.append(np.stack(samples))
         trues.append(np.asarray(batch["actions"], np.float64))
@@ -161,13 +161,14 @@ def make_sampler(backend, num_steps: int) -> Sampler:
     return sample
 
 
-def make_env(params: _config.Params):
+def make_env(params: _config.Params, cameras=None):
+    """The eval env; ``cameras=()`` renders nothing (the scripted expert reads no image)."""
     from balanced_pi0.sim.env import MobileReachEnv
 
     sim = params.dataset.sim
     return MobileReachEnv(
         resolution=sim.resolution,
-        cameras=tuple(params.dataset.cameras),
+        cameras=tuple(params.dataset.cameras if cameras is None else cameras),
         max_steps=params.eval.max_steps,
         fps=sim.fps,
         arm_heavy_fraction=sim.arm_heavy_fraction,
@@ -180,24 +181,40 @@ def rollout_seeds(params: _config.Params) -> list[int]:
 
 
 def run_rollouts(
-    params, env, make_policy, *, chunk: int, name: str, reset=None, out: Path | None = None, videos=0
+    params, make_env_, policy, *, chunk: int, name: str, reset=None, out: Path | None = None, videos=0
 ):
-    """One rollout per held-out scene; ``make_policy(seed)`` gives the scene's policy."""
-    sim = params.dataset.sim
+    """One rollout per held-out scene, ``eval.parallel_envs`` scenes at a time in lockstep.
+
+    ``policy(observations, seeds) -> [B, H, D]`` (``closed_loop.BatchPolicy``); ``make_env_()``
+    builds one env; ``reset(env_index, env)`` resets a stateful policy after its env's reset.
+    """
+    sim, ec = params.dataset.sim, params.eval
+    seeds = rollout_seeds(params)
+    envs = [make_env_() for _ in range(min(ec.parallel_envs, len(seeds)))]
     rollouts = []
-    for i, seed in enumerate(tqdm(rollout_seeds(params), desc=f"rollouts ({name})", unit="ep", leave=False)):
-        r = closed_loop.rollout(
-            env,
-            make_policy(seed),
-            seed,
-            n_action_steps=chunk,
-            max_steps=params.eval.max_steps,
-            reset_policy=reset,
-            record_camera=params.dataset.cameras[0] if (out is not None and i < videos) else None,
-        )
-        if r.frames is not None:
-            write_gif(out / "rollouts" / f"seed{seed}.gif", r.frames, fps=sim.fps)
-        rollouts.append(r)
+    try:
+        with tqdm(total=len(seeds), desc=f"rollouts ({name})", unit="ep", leave=False) as bar:
+            for lo in range(0, len(seeds), len(envs)):
+                batch = seeds[lo : lo + len(envs)]
+                # the last batch reruns scenes of its own to stay full; only its own seeds are kept
+                padded = batch + seeds[: len(envs) - len(batch)]
+                done = closed_loop.rollout_batch(
+                    envs,
+                    policy,
+                    padded,
+                    n_action_steps=chunk,
+                    max_steps=ec.max_steps,
+                    reset_policy=None if reset is None else (lambda i: reset(i, envs[i])),
+                    record_camera=params.dataset.cameras[0] if (out is not None and lo < videos) else None,
+                )[: len(batch)]
+                for i, r in enumerate(done):
+                    if r.frames is not None and lo + i < videos:
+                        write_gif(out / "rollouts" / f"seed{r.seed}.gif", r.frames, fps=sim.fps)
+                rollouts.extend(done)
+                bar.update(len(batch))
+    finally:
+        for env in envs:
+            env.close()
     return closed_loop.summarize(rollouts, params.layout.build(), sim.fps)
 
 
@@ -209,15 +226,14 @@ def expert(params: _config.Params, out: str = "results/expert/metrics.json") -> 
     """
     from balanced_pi0.sim.expert import ScriptedExpert
 
-    env = make_env(params)
-    agent = ScriptedExpert()
+    agents = [ScriptedExpert() for _ in range(params.eval.parallel_envs)]
     summary = run_rollouts(
         params,
-        env,
-        lambda seed: lambda obs: agent.act(obs)[None],
+        lambda: make_env(params, cameras=()),
+        lambda obs, seeds: np.stack([a.act(o)[None] for a, o in zip(agents, obs, strict=False)]),
         chunk=1,
         name="expert",
-        reset=lambda: agent.reset(env),
+        reset=lambda i, env: agents[i].reset(env),
     )
     io.write_json(Path(out), json_safe(summary))
     lo, hi = summary["success_ci95"]
@@ -234,29 +250,33 @@ def closed_loop_eval(
     ec = params.eval
     horizon = params.model.action_horizon
 
-    def policy_for(seed: int):
-        calls = iter(range(10**9))
+    calls: dict[int, int] = {}
 
-        def policy(obs: Mapping[str, Any]) -> np.ndarray:
-            batch = {
-                "state": np.asarray(obs["state"], np.float32)[None],
-                "images": {cam: np.asarray(img)[None] for cam, img in obs["images"].items()},
-                "prompt": [obs["prompt"]],
-            }
-            # noise keyed by (seed, call): a scene's rollout does not depend on the other scenes
-            noise = flow_noise(params.train.seed, seed, next(calls), (1, horizon, policy_io.action_dim))
-            return policy_io.robot_actions(sampler(policy_io.observation(batch), noise))[0]
-
-        return policy
+    def policy(observations: list[Mapping[str, Any]], seeds: list[int]) -> np.ndarray:
+        batch = {
+            "state": np.stack([np.asarray(o["state"], np.float32) for o in observations]),
+            "images": {
+                cam: np.stack([o["images"][cam] for o in observations]) for cam in observations[0]["images"]
+            },
+            "prompt": [o["prompt"] for o in observations],
+        }
+        # noise keyed by (scene seed, call): a scene's rollout does not depend on the other scenes
+        noise = []
+        for s in seeds:
+            calls[s] = calls.get(s, -1) + 1
+            noise.append(flow_noise(params.train.seed, s, calls[s], (horizon, policy_io.action_dim)))
+        chunks = sampler(policy_io.observation(batch), np.stack(noise))
+        return policy_io.robot_actions(chunks, batch["state"])
 
     summary = run_rollouts(
         params,
-        make_env(params),
-        policy_for,
+        lambda: make_env(params),
+        policy,
         chunk=ec.n_action_steps,
         name="policy",
         out=out,
         videos=ec.videos,
+        reset=lambda i, env: None,
     )
     return {
         "policy": summary,
