@@ -95,3 +95,20 @@ def test_stage_rejects_a_layout_that_does_not_fit(tmp_path, capsys):
     assert code == 2
     assert "real_action_dim 23 but action has 14 dims" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_activity_counts_moving_steps_and_shares_of_the_normalised_change():
+    # one episode: the base drives for 6 of 10 commands, the left arm moves in 2 of 9 steps
+    ep = np.zeros((10, 23))
+    ep[:6, 0] = 0.5
+    ep[3, 7], ep[4, 7] = 0.2, 0.4  # steps 2->3, 3->4, 4->5 change: 3 moving steps
+    data = columns([ep])
+    metrics, _ = analyze(data, R1PRO, bins=10, max_weight=5.0, min_std=0.01, min_base_motion=0.05)
+    act = metrics["activity"]
+    assert act["moving_step_share"]["base"] == pytest.approx(0.6)
+    assert act["moving_step_share"]["left_arm"] == pytest.approx(3 / 9)
+    assert act["moving_step_share"]["right_arm"] == 0.0
+    assert act["arm_moving_step_share"] == pytest.approx(3 / 9)
+    shares = act["normalised_change_share"]
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert set(g for g, v in shares.items() if v > 0) == {"base", "left_arm"}

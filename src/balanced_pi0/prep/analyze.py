@@ -9,6 +9,13 @@ std, floored at ``normstats.min_std``; values are also centred on the mean):
 - ``motion``: per episode, joint-space path length (base: distance travelled, see
   ``prep.motion``); the base's rotation is reported beside it.
 
+And ``activity``, the statistics that say how far a dataset resembles BEHAVIOR-1K's
+R1Pro demonstrations (mostly navigation, brief and small arm motion): per group, the
+share of steps in which it moves (``moving_step_share``: base, a non-zero velocity
+command; joint groups, a change above ``MOVING_THRESHOLD``) and its share of the
+summed per-step change in normalised units (``normalised_change_share``, what the
+loss sees); per episode, arm motion against base travel (``episode_motion``).
+
 Writes ``metrics.json`` (DVC metrics: scalar summaries), ``histograms.json`` (the
 same tree holding only the histograms, for replotting), ``histograms_raw.png``,
 ``histograms_normalised.png`` and ``motion_scatter.png`` (per-episode arm motion
@@ -36,6 +43,8 @@ WEIGHT_RULE = (
     "little per step get larger weights, so every group's typical per-step change contributes alike."
 )
 UNITS = ("raw", "normalised")
+#: A joint group (rad) or the base velocity command (m/s, rad/s) "moves" in a step above this.
+MOVING_THRESHOLD = 1e-3
 
 
 def summary(x: np.ndarray, bins: int) -> dict:
@@ -99,6 +108,42 @@ def _group_metrics(data, layout: GroupLayout, units: dict, motions: dict, bins: 
     return groups, step_rms
 
 
+def activity(data, layout: GroupLayout, normalised: np.ndarray) -> dict:
+    """Per group: share of steps in which it moves, and its share of the normalised per-step change."""
+    action = np.asarray(data.action, dtype=np.float64)
+    moving, change = {}, {}
+    for g in layout.groups:
+        if g.name in BASE_GROUPS:  # a velocity command: moving is a non-zero command
+            per_step = np.abs(action[:, g.start : g.stop]).max(axis=1)
+        else:
+            per_step = np.concatenate(
+                [
+                    np.abs(np.diff(action[s:e, g.start : g.stop], axis=0)).max(axis=1)
+                    for s, e in zip(data.ep_start, data.ep_stop, strict=True)
+                ]
+            )
+        moving[g.name] = float(np.mean(per_step > MOVING_THRESHOLD)) if per_step.size else 0.0
+        change[g.name] = float(_episode_changes(data, normalised, g.start, g.stop).sum())
+    total = sum(change.values())
+    return {
+        "moving_threshold": MOVING_THRESHOLD,
+        "moving_step_share": moving,
+        "normalised_change_share": {g: (c / total if total > 0 else 0.0) for g, c in change.items()},
+        "arm_moving_step_share": _any_moving_share(data, layout, action),
+    }
+
+
+def _any_moving_share(data, layout: GroupLayout, action: np.ndarray) -> float:
+    """Share of steps in which any arm group moves (the arms' duty cycle)."""
+    idx = np.concatenate([np.asarray(layout.group(g).indices) for g in ARM_GROUPS])
+    steps = [
+        np.abs(np.diff(action[s:e][:, idx], axis=0)).max(axis=1) > MOVING_THRESHOLD
+        for s, e in zip(data.ep_start, data.ep_stop, strict=True)
+    ]
+    steps = np.concatenate(steps) if steps else np.zeros(0, bool)
+    return float(steps.mean()) if steps.size else 0.0
+
+
 def analyze(
     data, layout: GroupLayout, *, bins: int, max_weight: float, min_std: float, min_base_motion: float
 ):
@@ -127,6 +172,7 @@ def analyze(
             "motion": "joint groups: summed path length Σ‖Δa_g‖; base: distance Σ‖(vx,vy)‖·dt",
         },
         "groups": groups,
+        "activity": activity(data, layout, units["normalised"]),
         "episode_motion": {
             "arm_motion": summary([m.arm_motion for m in raw], bins),
             "base_distance": summary([m.base_distance for m in raw], bins),
