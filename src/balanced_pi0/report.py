@@ -7,7 +7,10 @@ including "no detectable difference" where the confidence interval spans zero.
 
 Statistics: per variant, the mean over seeds with a Student-t 95 % interval; per
 comparison, the paired difference (same seed, same data, same initialisation) between a
-variant and the question's reference variant, with its t interval.
+variant and the question's reference variant, with its t interval. Closed-loop success is
+also pooled over seeds (every run rolls out the same held-out scenes), with a Wilson
+interval, and each comparison states the smallest success difference it could detect
+(``min_detectable_difference``: two-sided 5 % test, 80 % power, at the reference's rate).
 """
 
 from __future__ import annotations
@@ -115,9 +118,45 @@ def verdict(diff: Mapping[str, float], higher_is_better: bool) -> str:
     return "no detectable difference"
 
 
+#: z quantiles of a two-sided 5 % test and of 80 % power
+Z_ALPHA, Z_POWER = 1.959963984540054, 0.8416212335729143
+
+
+def min_detectable_difference(p: float, n: int) -> float:
+    """Smallest difference of two success rates, each over ``n`` rollouts, that a two-sided 5 % test
+    detects with 80 % power when the reference succeeds at rate ``p`` (normal approximation; p is
+    kept inside [0.05, 0.95] so that a perfect or null reference does not claim infinite power)."""
+    if n <= 0:
+        return float("nan")
+    p = min(max(p, 0.05), 0.95)
+    return (Z_ALPHA + Z_POWER) * math.sqrt(2 * p * (1 - p) / n)
+
+
+def pooled_success(closed: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Per variant: successes and rollouts over all seeds, the rate, its Wilson interval, outcomes."""
+    from balanced_pi0.evaluate.closed_loop import OUTCOMES, wilson_interval
+
+    out = {}
+    for v, runs in closed.items():
+        k = sum(r["successes"] for r in runs.values())
+        n = sum(r["episodes"] for r in runs.values())
+        lo, hi = wilson_interval(k, n)
+        outcomes = {o: sum((r.get("outcomes") or {}).get(o, 0) for r in runs.values()) for o in OUTCOMES}
+        out[v] = {
+            "successes": k,
+            "rollouts": n,
+            "rate": k / n if n else float("nan"),
+            "lo": lo,
+            "hi": hi,
+            "outcomes": outcomes,
+        }
+    return out
+
+
 def summarize(
     per_run: Mapping[str, Mapping[int, Mapping[str, float]]],
     questions: Mapping[str, Sequence[str]],
+    pooled: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """``per_run[variant][seed][metric]`` → per-variant intervals and paired comparisons."""
     variants = {
@@ -141,12 +180,48 @@ def summarize(
                         "verdict": verdict(diff, higher),
                     }
                 )
-    return {"variants": variants, "comparisons": comparisons}
+            if pooled and ref in pooled and v in pooled:
+                a, b = pooled[ref], pooled[v]
+                comparisons.append(
+                    {
+                        "question": question,
+                        "variant": v,
+                        "reference": ref,
+                        "metric": "pooled_success",
+                        "diff": {"mean": b["rate"] - a["rate"], "n": min(a["rollouts"], b["rollouts"])},
+                        "min_detectable_difference": min_detectable_difference(
+                            a["rate"], min(a["rollouts"], b["rollouts"])
+                        ),
+                        "verdict": pooled_verdict(a, b),
+                    }
+                )
+    return {"variants": variants, "comparisons": comparisons, "pooled_success": dict(pooled or {})}
+
+
+def pooled_verdict(ref: Mapping[str, Any], var: Mapping[str, Any]) -> str:
+    """Two-proportion test (pooled rollouts, two-sided 5 %) of the variant against the reference."""
+    n1, n2 = ref["rollouts"], var["rollouts"]
+    if not n1 or not n2:
+        return "undetermined"
+    p = (ref["successes"] + var["successes"]) / (n1 + n2)
+    se = math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return "no detectable difference"
+    z = (var["rate"] - ref["rate"]) / se
+    if abs(z) < Z_ALPHA:
+        return "no detectable difference"
+    return "better" if z > 0 else "worse"
 
 
 def finding_text(c: Mapping[str, Any]) -> str:
-    label = dict((k, lab) for k, lab, _ in METRICS)[c["metric"]]
     d = c["diff"]
+    if c["metric"] == "pooled_success":
+        return (
+            f"{c['variant']} vs {c['reference']}, closed-loop success pooled over seeds: "
+            f"{signed(d['mean'])} over {d['n']} rollouts each — {c['verdict']} (smallest detectable "
+            f"difference {c['min_detectable_difference']:.3f})."
+        )
+    label = dict((k, lab) for k, lab, _ in METRICS)[c["metric"]]
     if c["verdict"] == "undetermined":
         return f"{c['variant']} vs {c['reference']}, {label}: too few seeds to tell."
     return (
@@ -178,13 +253,18 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def collect(params: _config.Params, runs_dir: Path) -> dict[str, dict[int, dict[str, float]]]:
+def collect(params: _config.Params, runs_dir: Path):
+    """Per variant and seed: the headline metrics, and the closed-loop policy summary (if any)."""
     per_run: dict[str, dict[int, dict[str, float]]] = {}
+    closed: dict[str, dict[int, dict[str, Any]]] = {}
     for variant in params.ablation.variants:
         for seed in params.ablation.seeds:
             path = runs_dir / run_name(variant, seed) / "eval" / "metrics.json"
-            per_run.setdefault(variant, {})[seed] = run_metrics(_read_json(path))
-    return per_run
+            doc = _read_json(path)
+            per_run.setdefault(variant, {})[seed] = run_metrics(doc)
+            if doc.get("closed_loop"):
+                closed.setdefault(variant, {})[seed] = doc["closed_loop"]["policy"]
+    return per_run, closed
 
 
 def loss_curves(
@@ -316,8 +396,8 @@ def run(
     if missing:
         raise InputError(f"report.questions: variants {missing} are not in ablation.variants")
     gen = paper_src.parent / "generated"
-    per_run = collect(params, runs_dir)
-    summary = summarize(per_run, questions)
+    per_run, closed = collect(params, runs_dir)
+    summary = summarize(per_run, questions, pooled_success(closed))
     results = {
         "setup": _setup(params, Path(split), Path(arm_heavy), Path(analyze)),
         "reference": params.report.reference,
@@ -348,7 +428,8 @@ def _expert_summary(params: _config.Params, runs_dir: Path) -> dict[str, Any] | 
     if not closed:
         return None
     e = closed["expert"]
-    return {k: e[k] for k in ("episodes", "successes", "success_rate", "success_ci95", "arm_idle_fraction")}
+    keys = ("episodes", "successes", "success_rate", "success_ci95", "arm_idle_fraction", "outcomes")
+    return {k: e.get(k) for k in keys}
 
 
 def compile_paper(source: Path, out: Path) -> None:
