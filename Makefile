@@ -11,9 +11,9 @@ export HF_HUB_OFFLINE ?= 1
 bootstrap:
 	@scripts/bootstrap.sh
 
-## Run the whole pipeline on the embedded default (dvc repro).
+## Run the whole pipeline on the embedded default (dvc repro, the run matrix on every core).
 repro: bootstrap
-	$(RUN) dvc repro
+	@scripts/repro.sh
 
 ## Fast tests (the default CI run). Slow tests: `make test-slow`.
 test: bootstrap
