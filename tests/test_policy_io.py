@@ -173,7 +173,7 @@ def test_delta_actions_need_delta_statistics(tmp_path):
 
 
 def test_delta_actions_and_norm_stats_must_agree_in_params():
-    with pytest.raises(_config.ConfigError, match="delta_actions and train.norm_stats go together"):
+    with pytest.raises(_config.ConfigError, match=r"delta_actions and train\.norm_stats go together"):
         _config.from_dict({"train": {"delta_actions": True}})
     with pytest.raises(_config.ConfigError, match="go together"):
         _config.from_dict({"train": {"norm_stats": "delta_per_timestep"}})
