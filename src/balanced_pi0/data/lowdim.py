@@ -112,7 +112,8 @@ def load_lowdim(root: str | Path, *, action_dim: int | None = None) -> LowDim:
             f"{root / INFO_FILE}: feature {ACTION_KEY!r} has shape {list(features[ACTION_KEY]['shape'])}, "
             f"the action layout expects [{action_dim}]"
         )
-    cols = _read_columns(root, (STATE_KEY, ACTION_KEY, *_ROW_COLUMNS))
+    widths = {key: _declared_width(root, features, key) for key in (STATE_KEY, ACTION_KEY)}
+    cols = _read_columns(root, (STATE_KEY, ACTION_KEY, *_ROW_COLUMNS), widths)
     order = np.lexsort((cols["frame_index"], cols["episode_index"]))
     cols = {k: v[order] for k, v in cols.items()}
     episodes, ep_start, counts = np.unique(cols["episode_index"], return_index=True, return_counts=True)
@@ -178,7 +179,15 @@ def data_files(root: Path) -> list[Path]:
     return paths
 
 
-def _read_columns(root: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _declared_width(root: Path, features: dict, key: str) -> int:
+    shape = features[key].get("shape") if isinstance(features[key], dict) else None
+    if not isinstance(shape, list) or len(shape) != 1 or not isinstance(shape[0], int):
+        raise InputError(f"{root / INFO_FILE}: feature {key!r} needs a one-axis 'shape', got {shape!r}")
+    return shape[0]
+
+
+def _read_columns(root: Path, names: tuple[str, ...], widths: dict[str, int]) -> dict[str, np.ndarray]:
+    """The columns of every data file; a vector column whose width is not info.json's is named."""
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for path in data_files(root):
         schema = pq.read_schema(path)
@@ -187,7 +196,12 @@ def _read_columns(root: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
             raise InputError(f"{path}: missing column(s) {missing}")
         table = pq.read_table(path, columns=list(names))
         for n in names:
-            parts[n].append(_to_numpy(table.column(n), n, path))
+            values = _to_numpy(table.column(n), n, path)
+            if n in widths and len(values) and values.shape[1] != widths[n]:
+                raise InputError(
+                    f"{path}: column {n!r} is {values.shape[1]} wide, {root / INFO_FILE} says {widths[n]}"
+                )
+            parts[n].append(values)
     return {n: np.concatenate(v) for n, v in parts.items()}
 
 
