@@ -171,16 +171,16 @@ class LossConfig:
 
 @section
 class OptimizerConfig:
-    peak_lr: float = Field(2.5e-4, gt=0.0)
-    decay_lr: float = Field(2.5e-5, ge=0.0)
+    peak_lr: float = Field(2.5e-4, gt=0.0, allow_inf_nan=False)
+    decay_lr: float = Field(2.5e-5, ge=0.0, allow_inf_nan=False)
     warmup_steps: int = Field(20, ge=0)
     decay_steps: int = Field(400, gt=0)
-    clip_norm: float = Field(1.0, gt=0.0)
+    clip_norm: float = Field(1.0, gt=0.0, allow_inf_nan=False)
     #: Adam's moment decays: in [0, 1), or the moments never forget (1) or grow without bound
     b1: float = Field(0.9, ge=0.0, lt=1.0)
     b2: float = Field(0.95, ge=0.0, lt=1.0)
-    eps: float = Field(1e-8, gt=0.0)
-    weight_decay: float = Field(1e-10, ge=0.0)
+    eps: float = Field(1e-8, gt=0.0, allow_inf_nan=False)
+    weight_decay: float = Field(1e-10, ge=0.0, allow_inf_nan=False)
     ema_decay: float | None = Field(0.99, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
