@@ -478,15 +478,11 @@ def test_eval_of_non_finite_params_writes_nothing(prepared, tmp_path):  # noqa: 
     out = tmp_path / "eval"
     out.mkdir()
     (out / "metrics.json").write_text('{"previous": 1}\n')
+    args = (prepared["dataset"], prepared["split"], prepared["norm_stats"], str(run_dir))
+    with pytest.raises(InputError, match=r"expert\.json: expert rollouts not found"):
+        eval_stage.run(stage_params("jax"), *args, str(run_dir / "expert.json"), str(out))
+    (run_dir / "expert.json").write_text("{}")
     with pytest.raises(InputError, match=r"final/params\.npz: param 'w' holds non-finite values"):
-        eval_stage.run(
-            stage_params("jax"),
-            prepared["dataset"],
-            prepared["split"],
-            prepared["norm_stats"],
-            str(run_dir),
-            "x",
-            str(out),
-        )
+        eval_stage.run(stage_params("jax"), *args, str(run_dir / "expert.json"), str(out))
     assert (out / "metrics.json").read_text() == '{"previous": 1}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "run"]

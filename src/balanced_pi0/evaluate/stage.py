@@ -116,6 +116,7 @@ def run(
     val = io.read_split(split, need_val=True, dataset_episodes=low.episodes)["val"]
     policy_io = PolicyIO.from_params(params, norm_stats)
     check_norm_stats(policy_io, params, norm_stats, state_dim=low.state.shape[1])
+    expert_summary = read_expert(Path(expert)) if ec.rollouts > 0 else None
     flat = load_params_npz(final, what="the run's final params")
     backend = make_backend(params)
     init_backend(backend, flat, str(final))
@@ -148,8 +149,7 @@ def run(
     staging = out_dir.parent / f".{out_dir.name}.eval"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        if ec.rollouts > 0:
-            expert_summary = read_expert(Path(expert))
+        if expert_summary is not None:
             metrics["closed_loop"] = closed_loop_eval(params, sampler, policy_io, staging, expert_summary)
         io.write_json(staging / "metrics.json", json_safe(metrics))
         plot_offline(metrics["offline"], staging / "offline.png")
