@@ -365,6 +365,21 @@ def test_no_intact_checkpoint_stops_naming_each_and_changes_nothing(backend, tmp
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_checkpoints_from_before_digests_are_retrained_not_trusted(
+    backend, tmp_path, tmp_path_factory, capsys
+):
+    params = make_params(backend)
+    run(params, tmp_path, stop_after=4)
+    for _, path in train.list_checkpoints(tmp_path / "checkpoints"):
+        (path / train.DIGEST_FILE).unlink()
+    assert run(params, tmp_path) == 6
+    assert (
+        "checkpoints have no digest.json (written before checkpoints carried one)" in capsys.readouterr().err
+    )
+    assert tree_digest(tmp_path / "final") == _uninterrupted(backend, tmp_path_factory)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_killed_mid_write_resumes_to_the_uninterrupted_result(backend, tmp_path, tmp_path_factory):
     params = make_params(backend)
     run(params, tmp_path, stop_after=5)

@@ -47,6 +47,8 @@ CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "train_state.json"
 #: SHA-256 of every other file of a checkpoint, written last: a checkpoint without it is not trusted
 DIGEST_FILE = "digest.json"
+#: A checkpoint without a digest was written before checkpoints carried one (writes are atomic)
+UNVERIFIED = f"no {DIGEST_FILE} (written before checkpoints carried one)"
 #: Beta(1.5, 1) flow-matching time, squeezed into [0.001, 1] (openpi).
 TIME_ALPHA, TIME_BETA, TIME_MIN = 1.5, 1.0, 0.001
 
@@ -322,7 +324,7 @@ def verify_checkpoint(path: Path) -> str | None:
     try:
         expected = json.loads((path / DIGEST_FILE).read_text())["sha256"]
     except FileNotFoundError:
-        return f"no {DIGEST_FILE}: its write never completed"
+        return UNVERIFIED
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"unreadable {DIGEST_FILE} ({type(e).__name__})"
     actual = tree_sha256(path)
@@ -507,41 +509,48 @@ def params_digest(params: _config.Params) -> str:
 def _resume(root: Path, backend: Backend, batches: CurriculumBatches, digest: str) -> int:
     """The step to start from: the newest intact, readable, finite checkpoint's, else 0.
 
-    Corrupt checkpoints newer than it are named in a warning and removed (their steps are replayed);
-    when there are checkpoints but none is intact the run stops rather than silently start over."""
+    Corrupt checkpoints newer than it are named in a warning and removed (their steps are replayed).
+    When none is intact the run stops, naming each, rather than silently start over; checkpoints
+    that only lack a digest (written before checkpoints carried one) are retrained from scratch."""
     checkpoints = list_checkpoints(root)
+    if not checkpoints:
+        return 0
+    reason = _stale_reason(root, checkpoints[-1][1], digest)
+    if reason is not None:
+        _start_over(root, backend, reason)
+        return 0
     skipped: list[tuple[Path, str]] = []
     for _, path in reversed(checkpoints):
-        problem = verify_checkpoint(path)
+        problem = verify_checkpoint(path) or _try_restore(backend, path)
         if problem is None:
             state = _read_json(path / STATE_FILE)
-            reason = _stale_reason(root, state, digest)
-            if reason is not None:
-                _start_over(root, backend, reason)
-                return 0
-            problem = _try_restore(backend, path)
-        if problem is None:
-            _drop_skipped(root, backend, skipped, path)
+            _drop_skipped(backend, skipped, path)
             batches.load_state_dict(state["loader"])
             return int(state["step"])
         skipped.append((path, problem))
-    if skipped:
-        named = "; ".join(f"{p.name}: {why}" for p, why in skipped)
-        raise InputError(
-            f"{root}: no intact checkpoint to resume from ({named}); delete {root} to train from scratch"
-        )
-    return 0
+    if all(why == UNVERIFIED for _, why in skipped):
+        _start_over(root, backend, f"have {UNVERIFIED}")
+        return 0
+    named = "; ".join(f"{p.name}: {why}" for p, why in skipped)
+    raise InputError(
+        f"{root}: no intact checkpoint to resume from ({named}); delete {root} to train from scratch"
+    )
 
 
-def _stale_reason(root: Path, state: Mapping[str, Any], digest: str) -> str | None:
-    if state.get("params_digest") != digest:
-        # Another experiment's checkpoints (DVC reruns the stage after a params change): resuming
-        # would mix the two, so the run starts over, as DVC expects of a stage whose params changed.
-        return "were trained under other params"
+def _stale_reason(root: Path, newest: Path, digest: str) -> str | None:
+    """Why the checkpoints cannot be resumed whatever their state, or ``None``."""
     if not (root.parent / "live" / "metrics.json").exists():
         # The logs of the steps before the checkpoint are gone (deleted by hand, or by DVC): a
         # resumed run could not log them again, so its outputs would be incomplete.
         return "have no training log beside them"
+    try:
+        state = json.loads((newest / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: the integrity check names it
+    if isinstance(state, dict) and state.get("params_digest") != digest:
+        # Another experiment's checkpoints (DVC reruns the stage after a params change): resuming
+        # would mix the two, so the run starts over, as DVC expects of a stage whose params changed.
+        return "were trained under other params"
     return None
 
 
@@ -566,7 +575,7 @@ def _try_restore(backend: Backend, path: Path) -> str | None:
     return None
 
 
-def _drop_skipped(root: Path, backend: Backend, skipped: Sequence[tuple[Path, str]], used: Path) -> None:
+def _drop_skipped(backend: Backend, skipped: Sequence[tuple[Path, str]], used: Path) -> None:
     if not skipped:
         return
     _barrier(backend, "resume-verified")
