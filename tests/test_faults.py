@@ -196,6 +196,15 @@ def test_parquet_width_not_matching_info_json_is_named(prepared, tmp_path):  # n
     assert not out.exists()
 
 
+@pytest.mark.parametrize("part", ["data", "meta/episodes", "meta/tasks.parquet"])
+def test_truncated_parquet_file_is_named(prepared, tmp_path, part):  # noqa: F811
+    ds = _copy(prepared["dataset"], tmp_path / "ds")
+    target = ds / part if part.endswith(".parquet") else sorted((ds / part).rglob("*.parquet"))[0]
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    with pytest.raises(InputError, match=rf"{target.name}: unreadable parquet file"):
+        load_lowdim(ds)
+
+
 @pytest.mark.parametrize(
     ("variant", "shape", "message"),
     [
@@ -245,6 +254,7 @@ def _good_npz(path: Path) -> Path:
         ("nan", r"param 'a/w' holds non-finite values"),
         ("object", r"unreadable \.npz params file|not numeric"),
         ("missing", r"params file not found \(train\.init_from\)"),
+        ("directory", r"a directory, expected an \.npz params file"),
     ],
 )
 def test_corrupt_params_file_is_named(tmp_path, damage, message):
@@ -258,6 +268,9 @@ def test_corrupt_params_file_is_named(tmp_path, damage, message):
     elif damage == "object":
         with zipfile.ZipFile(path, "w") as zf, zf.open("a.npy", "w") as f:
             np.lib.format.write_array(f, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    elif damage == "directory":
+        path.unlink()
+        path.mkdir()
     else:
         path.unlink()
     with pytest.raises(InputError, match=rf"params\.npz: ({message})"):

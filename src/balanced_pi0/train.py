@@ -651,6 +651,8 @@ def load_params_npz(path: Path, what: str = "train.init_from") -> dict[str, np.n
     import zipfile
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a directory, expected an .npz params file ({what})")
     if not path.is_file():
         raise InputError(f"{path}: params file not found ({what})")
     if not zipfile.is_zipfile(path):

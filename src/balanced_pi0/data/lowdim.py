@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -158,11 +159,20 @@ def read_info(root: Path) -> dict:
     return info
 
 
+def read_parquet(path: Path, columns: list[str] | None = None, *, schema_only: bool = False):
+    """A parquet table (or its schema); a truncated or foreign file is an ``InputError`` naming it
+    (pyarrow's own errors do not say which file)."""
+    try:
+        return pq.read_schema(path) if schema_only else pq.read_table(path, columns=columns)
+    except (pa.lib.ArrowException, OSError) as e:
+        raise InputError(f"{path}: unreadable parquet file ({type(e).__name__}: {e})") from None
+
+
 def _load_task_names(root: Path) -> list[str]:
     path = root / TASKS_FILE
     if not path.is_file():
         raise InputError(f"{path}: not found")
-    table = pq.read_table(path)
+    table = read_parquet(path)
     if not {"task", "task_index"} <= set(table.column_names):
         raise InputError(f"{path}: expected columns 'task' and 'task_index', got {table.column_names}")
     names = [""] * table.num_rows
@@ -190,11 +200,11 @@ def _read_columns(root: Path, names: tuple[str, ...], widths: dict[str, int]) ->
     """The columns of every data file; a vector column whose width is not info.json's is named."""
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for path in data_files(root):
-        schema = pq.read_schema(path)
+        schema = read_parquet(path, schema_only=True)
         missing = [n for n in names if n not in schema.names]
         if missing:
             raise InputError(f"{path}: missing column(s) {missing}")
-        table = pq.read_table(path, columns=list(names))
+        table = read_parquet(path, columns=list(names))
         for n in names:
             values = _to_numpy(table.column(n), n, path)
             if n in widths and len(values) and values.shape[1] != widths[n]:
@@ -237,7 +247,7 @@ def _episode_lengths(root: Path) -> dict[int, int]:
         raise InputError(f"{root / 'meta/episodes'}: no episode metadata parquet files")
     out: dict[int, int] = {}
     for path in paths:
-        t = pq.read_table(path, columns=["episode_index", "length"])
+        t = read_parquet(path, columns=["episode_index", "length"])
         out.update(zip(t["episode_index"].to_pylist(), t["length"].to_pylist(), strict=True))
     return out
 
