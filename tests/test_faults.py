@@ -25,7 +25,8 @@ from balanced_pi0.data.lowdim import load_lowdim
 from balanced_pi0.data.split import read_split
 from balanced_pi0.errors import InputError
 from balanced_pi0.evaluate import stage as eval_stage
-from balanced_pi0.prep import normstats
+from balanced_pi0.prep import analyze, normstats
+from balanced_pi0.prep import filter as filter_stage
 from test_train import BACKENDS, make_params, prepared, run, stage_params, tree_digest  # noqa: F401
 
 
@@ -127,6 +128,10 @@ def test_every_stage_rejects_a_leaking_split_before_writing(prepared, tmp_path):
     match = r"leak\.json: episodes \[1\] are in both train and val"
     with pytest.raises(InputError, match=match):
         normstats.run(params, prepared["dataset"], str(split), str(out / "norm_stats"))
+    with pytest.raises(InputError, match=match):
+        analyze.run(params, prepared["dataset"], str(split), str(out / "analyze"))
+    with pytest.raises(InputError, match=match):
+        filter_stage.run(params, prepared["dataset"], str(split), str(out / "arm.json"), str(out / "filter"))
     with pytest.raises(InputError, match=match):
         train.train(
             params, prepared["dataset"], str(split), prepared["arm_heavy"], prepared["norm_stats"], str(out)
