@@ -37,7 +37,8 @@ def test_bad_params_exit_2_naming_the_key(tmp_path, capsys):
 def test_set_overrides(tmp_path, capsys):
     p = tmp_path / "params.yaml"
     p.write_text("{}\n")
-    assert cli.main(["layout", "--params", str(p), "-S", "train.loss.group_weights={base: 2}"]) == 0
+    overrides = ["-S", "train.loss.strategy=per_group", "-S", "train.loss.group_weights={base: 2}"]
+    assert cli.main(["layout", "--params", str(p), *overrides]) == 0
     w = json.loads(capsys.readouterr().out)["effective_dimension_weights"]
     assert w[0] == pytest.approx(2 * w[3], rel=1e-5)
 

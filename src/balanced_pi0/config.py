@@ -175,15 +175,16 @@ class LossConfig:
 
 @section
 class OptimizerConfig:
-    peak_lr: float = Field(2.5e-4, gt=0.0)
-    decay_lr: float = Field(2.5e-5, ge=0.0)
+    peak_lr: float = Field(2.5e-4, gt=0.0, allow_inf_nan=False)
+    decay_lr: float = Field(2.5e-5, ge=0.0, allow_inf_nan=False)
     warmup_steps: int = Field(20, ge=0)
     decay_steps: int = Field(400, gt=0)
-    clip_norm: float = Field(1.0, gt=0.0)
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 1e-10
+    clip_norm: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    #: Adam's moment decays: in [0, 1), or the moments never forget (1) or grow without bound
+    b1: float = Field(0.9, ge=0.0, lt=1.0)
+    b2: float = Field(0.95, ge=0.0, lt=1.0)
+    eps: float = Field(1e-8, gt=0.0, allow_inf_nan=False)
+    weight_decay: float = Field(1e-10, ge=0.0, allow_inf_nan=False)
     ema_decay: float | None = Field(0.99, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
@@ -215,7 +216,8 @@ class TrainConfig:
     init_from: str | None = None
     loss: LossConfig = Field(default_factory=LossConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    curriculum: list[PhaseConfig] = Field(default_factory=lambda: [PhaseConfig(steps=400)])
+    #: at least one phase: an empty curriculum would export the untrained init as a result
+    curriculum: list[PhaseConfig] = Field(default_factory=lambda: [PhaseConfig(steps=400)], min_length=1)
     checkpoint_every: int = Field(100, gt=0)
     #: complete checkpoints kept on disk (the newest ones)
     keep_checkpoints: int = Field(2, gt=0)
@@ -316,6 +318,7 @@ class Params:
             raise ValueError(str(e)) from None
         if loss.strategy == "per_dimension" and loss.dimension_weights is None:
             raise ValueError("train.loss.dimension_weights is required when strategy is 'per_dimension'")
+        _check_loss(self)
         named = {self.report.reference, *self.report.loss_curves}
         named |= {v for names in self.report.questions.values() for v in names}
         unknown = sorted(named - set(self.ablation.variants))
@@ -337,6 +340,17 @@ class Params:
             except _groups.LayoutError as e:
                 raise ValueError(str(e)) from None
         return self
+
+
+def _check_loss(params: Params) -> None:
+    """The loss's own checks (fields the strategy ignores, negative delta knobs), at load time, so
+    that ``bpi0 layout``, the variant validation and training agree on what is valid."""
+    from balanced_pi0.loss import LossSpec, LossSpecError
+
+    try:
+        LossSpec.from_config(params)
+    except LossSpecError as e:
+        raise ValueError(str(e)) from None
 
 
 _ADAPTER = TypeAdapter(Params)

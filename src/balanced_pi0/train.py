@@ -16,6 +16,12 @@ Determinism and exact resume follow from three choices:
 - A checkpoint is written into a temporary directory and renamed into place, so
   a killed run leaves either the whole checkpoint or none of it; a rerun resumes
   from the newest complete one and replays the same steps.
+
+Faults never pass as results: a step whose loss, gradient norm or updated state is
+not finite stops the run; only finite checkpoints are written, each with the
+SHA-256 of its files (``digest.json``) recorded once it is complete; a resume
+verifies it and falls back, with a warning naming what it skipped, to the newest
+intact checkpoint (or stops with an error naming each one when none is intact).
 """
 
 from __future__ import annotations
@@ -39,12 +45,17 @@ from balanced_pi0.errors import InputError
 
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "train_state.json"
+#: SHA-256 of every other file of a checkpoint, written last: a checkpoint without it is not trusted
+DIGEST_FILE = "digest.json"
+#: A checkpoint without a digest was written before checkpoints carried one (writes are atomic)
+UNVERIFIED = f"no {DIGEST_FILE} (written before checkpoints carried one)"
 #: Beta(1.5, 1) flow-matching time, squeezed into [0.001, 1] (openpi).
 TIME_ALPHA, TIME_BETA, TIME_MIN = 1.5, 1.0, 0.001
 
 
 class NonFiniteLossError(InputError):
-    """The loss became NaN or inf; the message names the step and the batch's episodes."""
+    """The loss, gradient norm or updated state became NaN or inf; the message names the step
+    and the batch's episodes."""
 
 
 # --------------------------------------------------------------------------------------
@@ -82,6 +93,9 @@ class Backend(Protocol):
     def export(self, directory: Path) -> None:
         """The final (EMA) params in a backend-neutral form, for evaluation. Called on every
         process (gathering sharded params is collective); only ``is_primary`` writes."""
+
+    def all_finite(self) -> bool:
+        """Whether params, optimiser state and EMA hold only finite values (collective)."""
 
 
 def make_backend(params: _config.Params, **kwargs) -> Backend:
@@ -126,18 +140,24 @@ class Phase:
     episodes: np.ndarray  # sorted episode ids
 
 
-def load_episode_sets(split_path: str | Path, arm_heavy_path: str | Path | None) -> dict[str, np.ndarray]:
-    """``train`` from split.json; ``arm_heavy`` = arm_heavy.json ∩ train (validation never leaks in)."""
-    split_path = Path(split_path)
-    split = _read_json(split_path)
-    if "train" not in split:
-        raise InputError(f"{split_path}: no 'train' key")
-    sets = {"train": np.asarray(sorted(split["train"]), dtype=np.int64)}
+def load_episode_sets(
+    split_path: str | Path,
+    arm_heavy_path: str | Path | None,
+    dataset_episodes: Sequence[int] | None = None,
+) -> dict[str, np.ndarray]:
+    """``train`` from split.json (the strict reader: disjoint from val, every episode in the
+    dataset when its ids are given); ``arm_heavy`` = arm_heavy.json ∩ train (validation never leaks in)."""
+    from balanced_pi0.data.split import read_split
+
+    split = read_split(split_path, dataset_episodes=dataset_episodes)
+    sets = {"train": np.asarray(split["train"], dtype=np.int64)}
     if arm_heavy_path is not None and Path(arm_heavy_path).exists():
         raw = _read_json(Path(arm_heavy_path))
         ids = raw.get("episodes") if isinstance(raw, dict) else raw
         if ids is None:
             raise InputError(f"{arm_heavy_path}: no 'episodes' key")
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise InputError(f"{arm_heavy_path}: 'episodes' must be a list of episode ids")
         sets["arm_heavy"] = np.intersect1d(np.asarray(ids, dtype=np.int64), sets["train"])
     return sets
 
@@ -145,6 +165,8 @@ def load_episode_sets(split_path: str | Path, arm_heavy_path: str | Path | None)
 def build_curriculum(
     phases: Sequence[_config.PhaseConfig], episode_sets: Mapping[str, np.ndarray]
 ) -> list[Phase]:
+    if not phases:  # the config rejects it too; an empty loop would export the untrained init
+        raise InputError("train.curriculum: no phase (at least one with steps > 0 is needed)")
     out, start = [], 0
     for i, p in enumerate(phases):
         if p.episodes not in episode_sets:
@@ -194,6 +216,12 @@ class CurriculumBatches:
             self._loaders[phase.index] = self._make(phase.episodes, seed)
         return self._loaders[phase.index]
 
+    def prepare(self) -> None:
+        """Build every phase's loader now, so that a data error surfaces before any output is
+        written (each loader is seeded by its phase alone: building it early changes no batch)."""
+        for phase in self.curriculum:
+            self._loader(phase)
+
     def batch(self, step: int) -> tuple[Phase, dict]:
         phase = phase_at(self.curriculum, step)
         loader = self._loader(phase)
@@ -239,6 +267,11 @@ def write_checkpoint(
     final = root / checkpoint_name(step)
     tmp = root / f".tmp-{final.name}"
     primary = getattr(backend, "is_primary", True)
+    if not _all_finite(backend):  # a NaN checkpoint would pass as the last good one
+        raise NonFiniteLossError(
+            f"step {step}: the params, optimiser state or EMA hold non-finite values; no checkpoint "
+            f"written, the last good one in {root} is kept"
+        )
     if primary:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -248,6 +281,7 @@ def write_checkpoint(
     _barrier(backend, "checkpoint-saved")
     if primary:
         _write_json(tmp / STATE_FILE, train_state)
+        _write_json(tmp / DIGEST_FILE, {"sha256": tree_sha256(tmp)})  # last: the checkpoint is complete
         _fsync_tree(tmp)
         if final.exists():  # a rerun of the same step writes the same bytes; replace it whole
             shutil.rmtree(final)
@@ -262,6 +296,45 @@ def _barrier(backend: Backend, name: str) -> None:
     barrier = getattr(backend, "barrier", None)
     if barrier is not None:
         barrier(name)
+
+
+def _all_finite(backend: Backend) -> bool:
+    check = getattr(backend, "all_finite", None)
+    return True if check is None else bool(check())
+
+
+def tree_sha256(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root`` but the digest file itself, by relative path."""
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel != DIGEST_FILE:
+            h = hashlib.sha256()
+            with p.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            out[rel] = h.hexdigest()
+    return out
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """``None`` when every file of the checkpoint has the digest recorded at write time, else why not."""
+    try:
+        expected = json.loads((path / DIGEST_FILE).read_text())["sha256"]
+    except FileNotFoundError:
+        return UNVERIFIED
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unreadable {DIGEST_FILE} ({type(e).__name__})"
+    actual = tree_sha256(path)
+    missing, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
+    if missing or extra:
+        return f"files missing {missing[:3]} or unexpected {extra[:3]}"
+    changed = sorted(k for k in expected if actual[k] != expected[k])
+    if changed:
+        return f"checksum mismatch in {changed[:3]}"
+    return None
 
 
 def remove_partial_checkpoints(root: Path) -> None:
@@ -372,19 +445,25 @@ def run_loop(
     stop_after: int | None = None,
     progress: bool = True,
     initial_params: Mapping[str, np.ndarray] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    initial_source: str = "train.init_from",
 ) -> int:
     """Train from the newest checkpoint in ``run_dir`` (or from scratch) to the end of the
-    curriculum, or to step ``stop_after`` (to simulate a kill). Returns the last step reached."""
+    curriculum, or to step ``stop_after`` (to simulate a kill). Returns the last step reached.
+    ``metadata`` is written to ``run_dir/metadata.json`` once the model is built and resumed."""
     tc = params.train
     paths = RunPaths(Path(run_dir))
     total = tc.total_steps
     primary = backend.is_primary
     if primary:
         remove_partial_checkpoints(paths.checkpoints)
-    backend.init(initial_params)
+    init_backend(backend, initial_params, initial_source)
     digest = params_digest(params)
     start = _resume(paths.checkpoints, backend, batches, digest)
     end = total if stop_after is None else min(stop_after, total)
+    batches.prepare()
+    if primary and metadata is not None:
+        _write_json(paths.metadata, metadata)
     logger = Logger(paths.live, start, total, enabled=progress) if primary else None
     try:
         for step in range(start, end):
@@ -410,6 +489,16 @@ def run_loop(
     return end
 
 
+def init_backend(backend: Backend, initial: Mapping[str, np.ndarray] | None, source: str) -> None:
+    """``backend.init``; params that do not fit the model config are an error naming their file."""
+    try:
+        backend.init(initial)
+    except InputError as e:
+        if initial is None:
+            raise
+        raise InputError(f"{source}: {e}") from None
+
+
 def params_digest(params: _config.Params) -> str:
     """Fingerprint of the params a checkpoint was trained with."""
     import hashlib
@@ -418,31 +507,84 @@ def params_digest(params: _config.Params) -> str:
 
 
 def _resume(root: Path, backend: Backend, batches: CurriculumBatches, digest: str) -> int:
+    """The step to start from: the newest intact, readable, finite checkpoint's, else 0.
+
+    Corrupt checkpoints newer than it are named in a warning and removed (their steps are replayed).
+    When none is intact the run stops, naming each, rather than silently start over; checkpoints
+    that only lack a digest (written before checkpoints carried one) are retrained from scratch."""
     checkpoints = list_checkpoints(root)
     if not checkpoints:
         return 0
-    _, path = checkpoints[-1]
-    state = _read_json(path / STATE_FILE)
-    reason = None
-    if state.get("params_digest") != digest:
-        # Another experiment's checkpoints (DVC reruns the stage after a params change): resuming
-        # would mix the two, so the run starts over, as DVC expects of a stage whose params changed.
-        reason = "were trained under other params"
-    elif not (root.parent / "live" / "metrics.json").exists():
+    reason = _stale_reason(root, checkpoints[-1][1], digest)
+    if reason is not None:
+        _start_over(root, backend, reason)
+        return 0
+    skipped: list[tuple[Path, str]] = []
+    for _, path in reversed(checkpoints):
+        problem = verify_checkpoint(path) or _try_restore(backend, path)
+        if problem is None:
+            state = _read_json(path / STATE_FILE)
+            _drop_skipped(backend, skipped, path)
+            batches.load_state_dict(state["loader"])
+            return int(state["step"])
+        skipped.append((path, problem))
+    if all(why == UNVERIFIED for _, why in skipped):
+        _start_over(root, backend, f"have {UNVERIFIED}")
+        return 0
+    named = "; ".join(f"{p.name}: {why}" for p, why in skipped)
+    raise InputError(
+        f"{root}: no intact checkpoint to resume from ({named}); delete {root} to train from scratch"
+    )
+
+
+def _stale_reason(root: Path, newest: Path, digest: str) -> str | None:
+    """Why the checkpoints cannot be resumed whatever their state, or ``None``."""
+    if not (root.parent / "live" / "metrics.json").exists():
         # The logs of the steps before the checkpoint are gone (deleted by hand, or by DVC): a
         # resumed run could not log them again, so its outputs would be incomplete.
-        reason = "have no training log beside them"
-    if reason is not None:
-        _barrier(backend, "resume-read")  # every process has decided before the files go
-        if backend.is_primary:
-            print(f"{root}: checkpoints {reason}; training from scratch", file=sys.stderr)
-            shutil.rmtree(root)
-            shutil.rmtree(root.parent / "live", ignore_errors=True)
-        _barrier(backend, "resume-cleared")
-        return 0
-    backend.restore(path / "model")
-    batches.load_state_dict(state["loader"])
-    return int(state["step"])
+        return "have no training log beside them"
+    try:
+        state = json.loads((newest / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: the integrity check names it
+    if isinstance(state, dict) and state.get("params_digest") != digest:
+        # Another experiment's checkpoints (DVC reruns the stage after a params change): resuming
+        # would mix the two, so the run starts over, as DVC expects of a stage whose params changed.
+        return "were trained under other params"
+    return None
+
+
+def _start_over(root: Path, backend: Backend, reason: str) -> None:
+    _barrier(backend, "resume-read")  # every process has decided before the files go
+    if backend.is_primary:
+        print(f"{root}: checkpoints {reason}; training from scratch", file=sys.stderr)
+        shutil.rmtree(root)
+        shutil.rmtree(root.parent / "live", ignore_errors=True)
+    _barrier(backend, "resume-cleared")
+
+
+def _try_restore(backend: Backend, path: Path) -> str | None:
+    """``None`` when the checkpoint restored and holds only finite values, else what is wrong."""
+    try:
+        backend.restore(path / "model")
+    except Exception as e:  # any format error of any backend: the caller falls back to an older one
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        return f"unreadable: {type(e).__name__}: {first}"
+    if not _all_finite(backend):
+        return "holds non-finite values"
+    return None
+
+
+def _drop_skipped(backend: Backend, skipped: Sequence[tuple[Path, str]], used: Path) -> None:
+    if not skipped:
+        return
+    _barrier(backend, "resume-verified")
+    if backend.is_primary:
+        for path, why in skipped:
+            print(f"warning: {path}: skipped ({why}); removed, its steps are trained again", file=sys.stderr)
+            shutil.rmtree(path)
+        print(f"warning: resuming from {used}", file=sys.stderr)
+    _barrier(backend, "resume-dropped")
 
 
 def _one_step(params, backend, batches, to_model_batch, step: int) -> dict[str, float]:
@@ -452,16 +594,28 @@ def _one_step(params, backend, batches, to_model_batch, step: int) -> dict[str, 
     batch_size, horizon, action_dim = batch["actions"].shape
     batch["noise"], batch["time"] = flow_noise(params.train.seed, step, batch_size, horizon, action_dim)
     metrics = flat_metrics(backend.train_step(batch, step))
-    if not math.isfinite(metrics["loss"]):
+    what = _non_finite(metrics, backend)
+    if what is not None:
         episodes = sorted({int(e) for e in np.asarray(raw["episode_index"]).ravel()})
         raise NonFiniteLossError(
-            f"step {step}: non-finite loss {metrics['loss']} on a batch from episodes {episodes} "
+            f"step {step}: non-finite {what} on a batch from episodes {episodes} "
             f"(phase {phase.index}, {phase.source}); the last good checkpoint is kept"
         )
     metrics["lr"] = learning_rate(step, params.train.optimizer)
     metrics["phase"] = float(phase.index)
     metrics["samples_per_s"] = batch_size / (time.perf_counter() - tic)
     return metrics
+
+
+def _non_finite(metrics: Mapping[str, float], backend: Backend) -> str | None:
+    """What went non-finite in a step: the loss, the gradient norm (the loss can stay finite while
+    the gradient overflows) or the updated params, optimiser state or EMA."""
+    for key in ("loss", "grad_norm"):
+        if key in metrics and not math.isfinite(metrics[key]):
+            return f"{key.replace('_', ' ')} {metrics[key]}"
+    if not _all_finite(backend):
+        return "params after the update"
+    return None
 
 
 def _write_final(final: Path, backend: Backend) -> None:
@@ -491,11 +645,39 @@ def save_params_npz(path: Path, params: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(f, np.asarray(params[name]), allow_pickle=False)
 
 
-def load_params_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.exists():
-        raise InputError(f"{path}: params file not found (train.init_from)")
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+def load_params_npz(path: Path, what: str = "train.init_from") -> dict[str, np.ndarray]:
+    """Params by openpi path from an ``.npz``; a missing, corrupt or non-finite file is an
+    ``InputError`` naming the path (and ``what`` it was given as)."""
+    import zipfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a directory, expected an .npz params file ({what})")
+    if not path.is_file():
+        raise InputError(f"{path}: params file not found ({what})")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not an .npz params file (no zip archive; truncated or another format)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            flat = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise InputError(f"{path}: unreadable .npz params file ({type(e).__name__}: {e})") from None
+    check_params(path, flat)
+    return flat
+
+
+def check_params(path: Path | str, flat: Mapping[str, Any]) -> None:
+    """Every array numeric and finite; the message names the file and the first bad param."""
+    if not flat:
+        raise InputError(f"{path}: holds no params")
+    for name in sorted(flat):
+        a = np.asarray(flat[name])
+        if a.dtype.kind not in "fiub" and a.dtype.name != "bfloat16":
+            raise InputError(f"{path}: param {name!r} has dtype {a.dtype}, not numeric")
+        if a.dtype.kind != "f" and a.dtype.name == "bfloat16":
+            a = a.astype(np.float32)
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise InputError(f"{path}: param {name!r} holds non-finite values (NaN or inf)")
 
 
 def _read_json(path: Path) -> Any:
@@ -533,15 +715,21 @@ def train(
     """
     from balanced_pi0 import determinism
     from balanced_pi0.data.loader import ChunkLoader
+    from balanced_pi0.data.lowdim import load_lowdim
     from balanced_pi0.policy_io import PolicyIO
 
+    stop = parse_stop_after(stop_after)
     determinism.apply()  # before the backend's framework runs anything: XLA reads its flags once
     tc = params.train
+    real_action_dim = params.layout.build().real_action_dim
+    # Every input is checked before anything is written: a data error leaves --out as it was.
+    low = load_lowdim(Path(dataset), action_dim=real_action_dim)
     needs_arm_heavy = any(p.episodes == "arm_heavy" for p in tc.curriculum)
-    sets = load_episode_sets(split, arm_heavy if needs_arm_heavy else None)
+    sets = load_episode_sets(split, arm_heavy if needs_arm_heavy else None, low.episodes)
     curriculum = build_curriculum(tc.curriculum, sets)
     policy_io = PolicyIO.from_params(params, norm_stats)
-    real_action_dim = params.layout.build().real_action_dim
+    check_norm_stats(policy_io, params, norm_stats, state_dim=low.state.shape[1])
+    initial = None if tc.init_from is None else load_params_npz(Path(tc.init_from))
 
     def make_loader(episodes: np.ndarray, seed: int) -> ChunkLoader:
         return ChunkLoader(
@@ -555,20 +743,50 @@ def train(
         )
 
     run_dir = Path(out)
-    run_dir.mkdir(parents=True, exist_ok=True)
     backend = make_backend(params)
     determinism.apply()  # again, now that torch (if it is the backend) is imported: its switches
-    if backend.is_primary:
-        _write_json(RunPaths(run_dir).metadata, run_metadata(params, curriculum, norm_stats))
+    run_dir.mkdir(parents=True, exist_ok=True)
     run_loop(
         params,
         backend,
         CurriculumBatches(curriculum, make_loader, tc.seed),
         policy_io.model_batch,
         run_dir,
-        stop_after=None if stop_after in (None, "") else int(stop_after),
-        initial_params=None if tc.init_from is None else load_params_npz(Path(tc.init_from)),
+        stop_after=stop,
+        initial_params=initial,
+        initial_source=str(tc.init_from),
+        metadata=run_metadata(params, curriculum, norm_stats),
     )
+
+
+def parse_stop_after(value: str | int | None) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        stop = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"--stop-after: expected a whole number of steps, got {value!r}") from None
+    if stop < 0:
+        raise InputError(f"--stop-after: expected a step count >= 0, got {stop}")
+    return stop
+
+
+def check_norm_stats(policy_io, params: _config.Params, path: str | Path, state_dim: int) -> None:
+    """Norm stats must fit the layout (actions: [D] or per-timestep [H, D]) and the dataset's
+    state width, before the first step rather than as an unnamed shape error inside it."""
+    file = Path(path) / f"{params.train.norm_stats}.json"
+    real, horizon = params.layout.build().real_action_dim, params.model.action_horizon
+    actions = tuple(policy_io.norm_stats["actions"].mean.shape)
+    if actions not in ((real,), (horizon, real)):
+        raise InputError(
+            f"{file}: norm_stats.actions has shape {list(actions)}, the layout needs [{real}] "
+            f"or [{horizon}, {real}] (model.action_horizon x real_action_dim)"
+        )
+    state = tuple(policy_io.norm_stats["state"].mean.shape)
+    if state != (state_dim,):
+        raise InputError(
+            f"{file}: norm_stats.state has shape {list(state)}, the dataset's state is [{state_dim}]"
+        )
 
 
 def run_metadata(params: _config.Params, curriculum: Sequence[Phase], norm_stats: str) -> dict:

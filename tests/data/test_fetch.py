@@ -121,3 +121,15 @@ def test_hub_snapshot_lands_in_the_stage_output(tmp_path, monkeypatch, raw_datas
     fetch(_params(source="hub:someone/reach"), out=str(tmp_path / "ds"), split=str(tmp_path / "s.json"))
     assert not (tmp_path / "ds/.cache").exists()
     assert load_lowdim(tmp_path / "ds").num_frames == sum(len(e.action) for e in raw_dataset[1])
+
+
+def test_a_failed_fetch_leaves_the_old_dataset_and_split_as_they_were(tmp_path, fake_sim):
+    from test_train import tree_digest
+
+    out, split = tmp_path / "data/dataset", tmp_path / "data/split.json"
+    fetch(_params(), out=str(out), split=str(split))
+    before = tree_digest(tmp_path)
+    # one episode cannot be split: the error comes before the old pair is touched
+    with pytest.raises(InputError, match="need at least 2 episodes"):
+        fetch(_params(sim={"episodes": 1}), out=str(out), split=str(split))
+    assert tree_digest(tmp_path) == before

@@ -2,12 +2,14 @@
 
 Writes the stage's LeRobot v3.0 dataset from ``dataset.source`` (the embedded
 MuJoCo task, a hub repository, or a BEHAVIOR-1K 2025 folder), checks it against
-the action layout, and writes the seeded episode split. The dataset is staged
-next to the output and renamed into place only once it has passed the checks.
+the action layout, and writes the seeded episode split. The dataset and the split
+are staged next to their outputs and renamed into place, one after the other, only
+once both exist and have passed the checks: a failure leaves the old pair as it was.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -22,16 +24,23 @@ def fetch(params: _config.Params, out: str = "data/dataset", split: str = "data/
     out = Path(out)
     staging = out.parent / f".{out.name}.fetch"
     start = time.perf_counter()
+    split = Path(split)
+    split_staging = split.with_name(f".{split.name}.fetch")
     try:
         _write_source(cfg, staging)
         low = load_lowdim(staging, action_dim=params.layout.build().real_action_dim)
+        _split.write_split(
+            split_staging, _split.make_split(low.episodes, cfg.split.val_fraction, cfg.split.seed)
+        )
+        _split.read_split(split_staging, need_val=True, dataset_episodes=low.episodes)
     except BaseException:
         import shutil
 
         shutil.rmtree(staging, ignore_errors=True)
+        split_staging.unlink(missing_ok=True)
         raise
     replace_dir(staging, out)
-    _split.write_split(split, _split.make_split(low.episodes, cfg.split.val_fraction, cfg.split.seed))
+    os.replace(split_staging, split)
     print(
         f"fetch: {cfg.source} -> {out}: {len(low.episodes)} episodes, {low.num_frames} frames "
         f"in {time.perf_counter() - start:.1f} s; split -> {split}"

@@ -21,10 +21,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
-from balanced_pi0.data.lowdim import LowDim, data_files, load_lowdim, read_info
+from balanced_pi0.data.lowdim import LowDim, data_files, load_lowdim, read_info, read_parquet
 from balanced_pi0.errors import InputError
 
 IMAGE_PREFIX = "observation.images."
@@ -179,7 +178,7 @@ class _FrameSource:
         index_parts = []
         for path in data_files(root):
             cols = ["index", *(IMAGE_PREFIX + c for c in self._pngs)]
-            table = pq.read_table(path, columns=cols)
+            table = read_parquet(path, columns=cols)
             index_parts.append(table.column("index").to_numpy())
             for c in self._pngs:
                 self._pngs[c].append(table.column(IMAGE_PREFIX + c).combine_chunks().field("bytes"))

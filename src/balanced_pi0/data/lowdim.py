@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -112,7 +113,8 @@ def load_lowdim(root: str | Path, *, action_dim: int | None = None) -> LowDim:
             f"{root / INFO_FILE}: feature {ACTION_KEY!r} has shape {list(features[ACTION_KEY]['shape'])}, "
             f"the action layout expects [{action_dim}]"
         )
-    cols = _read_columns(root, (STATE_KEY, ACTION_KEY, *_ROW_COLUMNS))
+    widths = {key: _declared_width(root, features, key) for key in (STATE_KEY, ACTION_KEY)}
+    cols = _read_columns(root, (STATE_KEY, ACTION_KEY, *_ROW_COLUMNS), widths)
     order = np.lexsort((cols["frame_index"], cols["episode_index"]))
     cols = {k: v[order] for k, v in cols.items()}
     episodes, ep_start, counts = np.unique(cols["episode_index"], return_index=True, return_counts=True)
@@ -157,11 +159,20 @@ def read_info(root: Path) -> dict:
     return info
 
 
+def read_parquet(path: Path, columns: list[str] | None = None, *, schema_only: bool = False):
+    """A parquet table (or its schema); a truncated or foreign file is an ``InputError`` naming it
+    (pyarrow's own errors do not say which file)."""
+    try:
+        return pq.read_schema(path) if schema_only else pq.read_table(path, columns=columns)
+    except (pa.lib.ArrowException, OSError) as e:
+        raise InputError(f"{path}: unreadable parquet file ({type(e).__name__}: {e})") from None
+
+
 def _load_task_names(root: Path) -> list[str]:
     path = root / TASKS_FILE
     if not path.is_file():
         raise InputError(f"{path}: not found")
-    table = pq.read_table(path)
+    table = read_parquet(path)
     if not {"task", "task_index"} <= set(table.column_names):
         raise InputError(f"{path}: expected columns 'task' and 'task_index', got {table.column_names}")
     names = [""] * table.num_rows
@@ -178,16 +189,29 @@ def data_files(root: Path) -> list[Path]:
     return paths
 
 
-def _read_columns(root: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _declared_width(root: Path, features: dict, key: str) -> int:
+    shape = features[key].get("shape") if isinstance(features[key], dict) else None
+    if not isinstance(shape, list) or len(shape) != 1 or not isinstance(shape[0], int):
+        raise InputError(f"{root / INFO_FILE}: feature {key!r} needs a one-axis 'shape', got {shape!r}")
+    return shape[0]
+
+
+def _read_columns(root: Path, names: tuple[str, ...], widths: dict[str, int]) -> dict[str, np.ndarray]:
+    """The columns of every data file; a vector column whose width is not info.json's is named."""
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for path in data_files(root):
-        schema = pq.read_schema(path)
+        schema = read_parquet(path, schema_only=True)
         missing = [n for n in names if n not in schema.names]
         if missing:
             raise InputError(f"{path}: missing column(s) {missing}")
-        table = pq.read_table(path, columns=list(names))
+        table = read_parquet(path, columns=list(names))
         for n in names:
-            parts[n].append(_to_numpy(table.column(n), n, path))
+            values = _to_numpy(table.column(n), n, path)
+            if n in widths and len(values) and values.shape[1] != widths[n]:
+                raise InputError(
+                    f"{path}: column {n!r} is {values.shape[1]} wide, {root / INFO_FILE} says {widths[n]}"
+                )
+            parts[n].append(values)
     return {n: np.concatenate(v) for n, v in parts.items()}
 
 
@@ -223,7 +247,7 @@ def _episode_lengths(root: Path) -> dict[int, int]:
         raise InputError(f"{root / 'meta/episodes'}: no episode metadata parquet files")
     out: dict[int, int] = {}
     for path in paths:
-        t = pq.read_table(path, columns=["episode_index", "length"])
+        t = read_parquet(path, columns=["episode_index", "length"])
         out.update(zip(t["episode_index"].to_pylist(), t["length"].to_pylist(), strict=True))
     return out
 

@@ -8,6 +8,8 @@ and a few rollout GIFs. Same checkpoint and seeds → identical bytes.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -100,24 +102,31 @@ def run(
     out: str = "runs/train/eval",
 ) -> None:
     from balanced_pi0.data.loader import ChunkLoader
+    from balanced_pi0.data.lowdim import load_lowdim
     from balanced_pi0.policy_io import PolicyIO
-    from balanced_pi0.train import load_params_npz, make_backend
+    from balanced_pi0.train import check_norm_stats, init_backend, load_params_npz, make_backend
 
     ec = params.eval
     layout = params.layout.build()
     final = Path(run_dir) / "final" / "params.npz"
     if not final.exists():
         raise InputError(f"{final}: no final params (has `bpi0 train` finished for this run?)")
-    backend = make_backend(params)
-    backend.init(load_params_npz(final))
+    # Inputs are checked before the model is built or anything is written.
+    low = load_lowdim(Path(dataset), action_dim=layout.real_action_dim)
+    val = io.read_split(split, need_val=True, dataset_episodes=low.episodes)["val"]
     policy_io = PolicyIO.from_params(params, norm_stats)
-    sampler = make_sampler(backend, ec.num_steps)
+    check_norm_stats(policy_io, params, norm_stats, state_dim=low.state.shape[1])
+    expert_summary = read_expert(Path(expert)) if ec.rollouts > 0 else None
+    flat = load_params_npz(final, what="the run's final params")
+    backend = make_backend(params)
+    init_backend(backend, flat, str(final))
+    sampler = make_sampler(backend, ec.num_steps, source=final)
 
     loader = ChunkLoader(
         dataset,
         action_horizon=params.model.action_horizon,
         batch_size=ec.batch_size,
-        episodes=io.read_split(split)["val"],
+        episodes=val,
         cameras=params.dataset.cameras,
         seed=0,
         shuffle=False,
@@ -136,15 +145,38 @@ def run(
             horizon=params.model.action_horizon,
         )
     }
-    if ec.rollouts > 0:
-        expert_path = Path(expert)
-        if not expert_path.exists():
-            raise InputError(f"{expert_path}: expert rollouts not found (run `bpi0 expert` first)")
-        expert_summary = json.loads(expert_path.read_text())
-        metrics["closed_loop"] = closed_loop_eval(params, sampler, policy_io, Path(out), expert_summary)
     out_dir = Path(out)
-    io.write_json(out_dir / "metrics.json", json_safe(metrics))
-    plot_offline(metrics["offline"], out_dir / "offline.png")
+    staging = out_dir.parent / f".{out_dir.name}.eval"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        if expert_summary is not None:
+            metrics["closed_loop"] = closed_loop_eval(params, sampler, policy_io, staging, expert_summary)
+        io.write_json(staging / "metrics.json", json_safe(metrics))
+        plot_offline(metrics["offline"], staging / "offline.png")
+        publish(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_expert(path: Path) -> dict:
+    if not path.exists():
+        raise InputError(f"{path}: expert rollouts not found (run `bpi0 expert` first)")
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(summary, dict):
+        raise InputError(f"{path}: expected a JSON object of expert rollout results")
+    return summary
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move every file written under ``staging`` onto its place under ``out`` (each an atomic rename),
+    only once the whole stage has succeeded; files of ``out`` the stage does not write stay."""
+    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
+        dst = out / src.relative_to(staging)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
 
 
 def _every_nth(loader, stride: int):
@@ -154,9 +186,16 @@ def _every_nth(loader, stride: int):
             yield batch
 
 
-def make_sampler(backend, num_steps: int) -> Sampler:
+def make_sampler(backend, num_steps: int, source: Path | str = "the model") -> Sampler:
+    """Sampled model actions; a non-finite one stops the stage (a broken model must not score as null)."""
+
     def sample(observation: Mapping[str, Any], noise: np.ndarray) -> np.ndarray:
-        return np.asarray(backend.sample(observation, noise, num_steps))
+        actions = np.asarray(backend.sample(observation, noise, num_steps))
+        if not np.all(np.isfinite(actions)):
+            raise InputError(
+                f"{source}: the model predicts non-finite actions (NaN or inf); no metrics written"
+            )
+        return actions
 
     return sample
 

@@ -18,36 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from balanced_pi0.errors import InputError
 
+def read_split(path: str | Path, **checks) -> dict:
+    """``split.json`` through the one strict reader (``data.split.read_split``)."""
+    from balanced_pi0.data.split import read_split as strict
 
-def read_split(path: str | Path) -> dict:
-    """``split.json``: ``{"train": [ids], "val": [ids], ...}``, validated."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: split file not found (written by `bpi0 fetch`)")
-    try:
-        split = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON: {e}") from None
-    for key in ("train", "val"):
-        ids = split.get(key) if isinstance(split, dict) else None
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise InputError(f"{path}: key {key!r} must be a list of episode ids")
-    if not split["train"]:
-        raise InputError(f"{path}: 'train' lists no episode")
-    return split
+    return strict(path, **checks)
 
 
 def load_train(dataset: str | Path, split: str | Path):
     """The training episodes' ``LowDim``; the loader rejects NaN/inf naming episode, frame and dim."""
     from balanced_pi0.data.lowdim import load_lowdim
 
-    train = read_split(split)["train"]
     data = load_lowdim(Path(dataset))
-    missing = sorted(set(train) - {int(e) for e in data.episodes})
-    if missing:
-        raise InputError(f"{split}: train episodes {missing[:10]} are not in the dataset {dataset}")
+    train = read_split(split, dataset_episodes=data.episodes)["train"]
     return data.select(train)
 
 

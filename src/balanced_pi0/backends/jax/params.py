@@ -70,16 +70,27 @@ def read_openpi_params(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path).resolve()
     if not path.is_dir():
         raise InputError(f"openpi checkpoint not found: {path}")
-    with ocp.PyTreeCheckpointer() as ckptr:
-        item = ckptr.metadata(path).item_metadata
-        if "params" not in item:
-            raise InputError(f"{path} holds no 'params' tree (top-level keys: {sorted(item)})")
-        item = {"params": item["params"]}
-        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), item)
-        params = ckptr.restore(path, ocp.args.PyTreeRestore(item=item, restore_args=restore_args))["params"]
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            item = ckptr.metadata(path).item_metadata
+            if item is None or "params" not in item:
+                keys = sorted(item) if item is not None else []
+                raise InputError(f"{path} holds no 'params' tree (top-level keys: {keys})")
+            item = {"params": item["params"]}
+            restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), item)
+            args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args)
+            params = ckptr.restore(path, args)["params"]
+    except InputError:
+        raise
+    except Exception as e:  # orbax and tensorstore raise many types, with long messages
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise InputError(f"{path}: unreadable openpi checkpoint ({type(e).__name__}: {text})") from None
     flat = _flatten(params)
     if all(p.endswith("/value") for p in flat):
         flat = {p.removesuffix("/value"): v for p, v in flat.items()}
+    from balanced_pi0.train import check_params
+
+    check_params(path, flat)
     return flat
 
 

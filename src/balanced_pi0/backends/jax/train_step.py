@@ -167,6 +167,7 @@ class JaxBackend:
         self._batch_sharding = NamedSharding(self.mesh, PartitionSpec((DATA_AXIS, FSDP_AXIS)))
         self.state: TrainState | None = None
         self._jit_sample: dict[int, Any] = {}
+        self._jit_finite = None
 
     # --- lifecycle -------------------------------------------------------------------
     def init(self, initial: Mapping[str, np.ndarray] | None = None) -> None:
@@ -208,6 +209,12 @@ class JaxBackend:
 
         return jax.tree.map(put, dict(batch))
 
+    def all_finite(self) -> bool:
+        """Params, optimiser state and EMA hold no NaN/inf (one reduction over the sharded state)."""
+        if self._jit_finite is None:
+            self._jit_finite = jax.jit(_tree_all_finite, out_shardings=self._replicated)
+        return bool(self._jit_finite(self._tree()))
+
     def barrier(self, name: str) -> None:
         """Every process waits here for the others (checkpoint directories are shared)."""
         if jax.process_count() > 1:
@@ -227,15 +234,19 @@ class JaxBackend:
             _scrub_orbax_metadata(Path(directory))
 
     def restore(self, directory: Path) -> None:
+        """Load a checkpoint; any orbax/tensorstore failure is an ``InputError`` naming the directory."""
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._tree())
         handler = ocp.PyTreeCheckpointHandler(use_ocdbt=False, use_zarr3=False)
-        with ocp.Checkpointer(handler) as ckptr:
-            # Each array lands with the sharding of the state it replaces (FSDP shards, per process).
-            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-            tree = ckptr.restore(
-                Path(directory).absolute(),
-                args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args),
-            )
+        try:
+            with ocp.Checkpointer(handler) as ckptr:
+                # Each array lands with the sharding of the state it replaces (FSDP shards, per process).
+                restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+                tree = ckptr.restore(
+                    Path(directory).absolute(),
+                    args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args),
+                )
+        except Exception as e:  # orbax and tensorstore raise many types, with long messages
+            raise InputError(f"{directory}: unreadable orbax checkpoint ({_first_line(e)})") from None
         self.state = TrainState(tree["params"], tree["opt_state"], tree.get("ema"))
 
     def _tree(self) -> dict:
@@ -277,6 +288,16 @@ class JaxBackend:
             directory = Path(directory)
             directory.mkdir(parents=True)
             save_params_npz(directory / "params.npz", flat)
+
+
+def _tree_all_finite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
 def _scrub_orbax_metadata(directory: Path) -> None:

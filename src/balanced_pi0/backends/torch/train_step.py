@@ -152,8 +152,13 @@ class TorchBackend:
     def restore(self, directory: Path) -> None:
         self._params_version += 1
         directory = Path(directory)
-        tensors = load_file(str(directory / "tensors.safetensors"), device=str(self.device))
-        meta = json.loads((directory / "optimizer.json").read_text())
+        tensors, meta = _read_checkpoint(directory, self.device)
+        expected = {f"params/{n}" for n, _ in self.model.named_parameters()}
+        if self.ema is not None:
+            expected |= {f"ema/{n}" for n in self.ema}
+        missing = sorted(expected - set(tensors))
+        if missing:
+            raise InputError(f"{directory / 'tensors.safetensors'}: missing tensors {missing[:5]}")
         with torch.no_grad():
             for n, p in self.model.named_parameters():
                 p.copy_(tensors[f"params/{n}"])
@@ -166,6 +171,15 @@ class TorchBackend:
                     "exp_avg": tensors[f"opt/{n}/exp_avg"].clone(),
                     "exp_avg_sq": tensors[f"opt/{n}/exp_avg_sq"].clone(),
                 }
+
+    @torch.no_grad()
+    def all_finite(self) -> bool:
+        """Params, EMA and AdamW moments hold no NaN/inf."""
+        tensors = [p for p in self.model.parameters()]
+        tensors += list(self.ema.values()) if self.ema is not None else []
+        for st in self.optimizer.state.values():
+            tensors += [st["exp_avg"], st["exp_avg_sq"]]
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
 
     # --- inference and export --------------------------------------------------------
     def inference_model(self) -> torch.nn.Module:
@@ -234,6 +248,23 @@ def _process_group() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _read_checkpoint(directory: Path, device: torch.device) -> tuple[dict, dict]:
+    """``tensors.safetensors`` and ``optimizer.json``; a corrupt file is an ``InputError`` naming it."""
+    path = directory / "tensors.safetensors"
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except Exception as e:  # SafetensorError, OSError, ...: a truncated or foreign file
+        raise InputError(f"{path}: unreadable safetensors file ({type(e).__name__}: {e})") from None
+    path = directory / "optimizer.json"
+    try:
+        meta = json.loads(path.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("step"), dict):
+            raise ValueError("no 'step' mapping")
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable optimiser state ({type(e).__name__}: {e})") from None
+    return tensors, meta
 
 
 def _jsonable(d: Mapping) -> dict:
