@@ -47,7 +47,13 @@ def _eval_metrics(arm_skill: float, success: float) -> dict:
     groups["left_arm"]["skill"] = arm_skill - 0.1
     groups["right_arm"]["skill"] = arm_skill + 0.1
     closed = {
-        "policy": {"success_rate": success, "arm_idle_fraction": 0.25},
+        "policy": {
+            "success_rate": success,
+            "successes": round(success * 10),
+            "episodes": 10,
+            "arm_idle_fraction": 0.25,
+            "outcomes": {"success": round(success * 10), "base_not_arrived": 10 - round(success * 10)},
+        },
         "expert": {
             "episodes": 4,
             "successes": 4,
@@ -71,6 +77,38 @@ def test_paired_comparison_uses_same_seed_differences():
     idle = next(c for c in summary["comparisons"] if c["metric"] == "arm_idle_fraction")
     assert idle["verdict"] == "worse"  # more idle arms is worse
     assert "delta vs main" in report.finding_text(c) and "better" in report.finding_text(c)
+
+
+def test_min_detectable_difference_is_the_two_proportion_power_formula():
+    # 180 rollouts a variant at a 60 % reference: about 14.5 points, so 15 points is resolvable
+    mdd = report.min_detectable_difference(0.6, 180)
+    assert mdd == pytest.approx(2.8016 * np.sqrt(2 * 0.6 * 0.4 / 180), rel=1e-4)
+    assert 0.14 < mdd < 0.15
+    assert report.min_detectable_difference(1.0, 180) == report.min_detectable_difference(0.95, 180)
+
+
+def test_pooled_success_sums_seeds_and_tests_the_difference():
+    closed = {
+        "main": {
+            s: {"successes": 30, "episodes": 60, "outcomes": {"success": 30, "arm_idle": 30}}
+            for s in range(3)
+        },
+        "delta": {s: {"successes": 45, "episodes": 60, "outcomes": {"success": 45}} for s in range(3)},
+        "same": {s: {"successes": 31, "episodes": 60, "outcomes": None} for s in range(3)},
+    }
+    pooled = report.pooled_success(closed)
+    assert pooled["main"]["successes"] == 90 and pooled["main"]["rollouts"] == 180
+    assert pooled["main"]["outcomes"]["arm_idle"] == 90 and pooled["same"]["outcomes"]["success"] == 0
+    assert pooled["main"]["lo"] < 0.5 < pooled["main"]["hi"]
+    assert report.pooled_verdict(pooled["main"], pooled["delta"]) == "better"
+    assert report.pooled_verdict(pooled["delta"], pooled["main"]) == "worse"
+    assert report.pooled_verdict(pooled["main"], pooled["same"]) == "no detectable difference"
+    per_run = {v: {s: {m: 0.5 for m, _, _ in report.METRICS} for s in range(3)} for v in closed}
+    summary = report.summarize(per_run, {"q": ["main", "delta", "same"]}, pooled)
+    c = [c for c in summary["comparisons"] if c["metric"] == "pooled_success"]
+    assert [x["variant"] for x in c] == ["delta", "same"]
+    assert c[0]["diff"]["mean"] == pytest.approx(0.25) and c[0]["min_detectable_difference"] > 0.1
+    assert "smallest detectable difference" in report.finding_text(c[0])
 
 
 @pytest.fixture
