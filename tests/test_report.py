@@ -137,12 +137,21 @@ def pipeline_outputs(tmp_path, monkeypatch):
     (tmp_path / "data" / "arm_heavy.json").write_text(json.dumps({"episodes": [1]}))
     analyze = tmp_path / "results" / "analyze"
     analyze.mkdir(parents=True)
-    (analyze / "metrics.json").write_text("{}")
+    (analyze / "metrics.json").write_text(json.dumps(ANALYZE))
     shutil.copyfile(REPO / "tests" / "assets" / "pixel.png", analyze / "motion_scatter.png")
     (tmp_path / "paper").mkdir()
     shutil.copyfile(REPO / "paper" / "paper.typ", tmp_path / "paper" / "paper.typ")
     return params, tmp_path
 
+
+ANALYZE = {
+    "activity": {
+        "moving_threshold": 1e-3,
+        "moving_step_share": {g: 0.5 for g in R1PRO.group_names},
+        "normalised_change_share": {g: 1 / 6 for g in R1PRO.group_names},
+        "arm_moving_step_share": 0.25,
+    }
+}
 
 PRESET_ARM = {
     "train.loss.strategy": "per_group",

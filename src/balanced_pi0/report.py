@@ -122,6 +122,10 @@ def verdict(diff: Mapping[str, float], higher_is_better: bool) -> str:
 Z_ALPHA, Z_POWER = 1.959963984540054, 0.8416212335729143
 
 
+def _normal_cdf(z: float) -> float:
+    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+
 def min_detectable_difference(p: float, n: int) -> float:
     """Smallest difference of two success rates, each over ``n`` rollouts, that a two-sided 5 % test
     detects with 80 % power when the reference succeeds at rate ``p`` (normal approximation; p is
@@ -353,6 +357,7 @@ def _setup(params: _config.Params, split: Path, arm_heavy: Path, analyze: Path) 
             "groups": [[g.name, g.start, g.stop] for g in layout.groups],
         },
         "ci_percent": round(100 * CI_LEVEL),
+        "power": {"alpha": 2 * (1 - _normal_cdf(Z_ALPHA)), "power": _normal_cdf(Z_POWER)},
         "method": {
             "time_alpha": _train.TIME_ALPHA,
             "time_beta": _train.TIME_BETA,
@@ -374,6 +379,9 @@ def _setup(params: _config.Params, split: Path, arm_heavy: Path, analyze: Path) 
         "action_horizon": params.model.action_horizon,
         "model_size": params.model.size,
         "rollouts": params.eval.rollouts,
+        "max_steps": params.eval.max_steps,
+        "image_resolution": params.model.image_resolution,
+        "peak_lr": params.train.optimizer.peak_lr,
         "n_action_steps": params.eval.n_action_steps,
         "effective_group_weights": effective,
         "analyze": _read_json(analyze),
