@@ -7,7 +7,9 @@ cameras, the embedded default's shapes) is written to a temporary folder. Each
 backend is warmed up (compilation) and then timed over ``--steps`` steps; the
 loader time is the chunk loader's batch plus ``PolicyIO`` (normalise, pad, images,
 prompts), the step time is the backend's ``train_step`` (which syncs: it returns
-Python floats). Prints one table and the JAX/PyTorch ratio, measured in one run.
+Python floats). The process's CPU time over the same steps gives the cores a step keeps
+busy and the samples per core-second (what two runs side by side on two cores can reach).
+Prints one table and the JAX/PyTorch ratio, measured in one run.
 """
 
 from __future__ import annotations
@@ -77,7 +79,10 @@ def bench(params: _config.Params, dataset: str, split: str, stats: str, steps: i
     backend.init()
     init_s = time.perf_counter() - tic
     load_s, step_s = [], []
+    cpu0 = wall0 = 0.0
     for step in range(warmup + steps):
+        if step == warmup:
+            cpu0, wall0 = time.process_time(), time.perf_counter()
         tic = time.perf_counter()
         batch = io.model_batch(next(batches))
         b, h, d = batch["actions"].shape
@@ -90,8 +95,11 @@ def bench(params: _config.Params, dataset: str, split: str, stats: str, steps: i
         if step >= warmup:
             load_s.append(mid - tic)
             step_s.append(end - mid)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     load, step = float(np.median(load_s)), float(np.median(step_s))
     return {
+        "cores_busy": cpu / wall,
+        "samples_per_core_s": tc.batch_size * steps / cpu,
         "init_s": init_s,
         "first_step_s": compile_s,
         "load_ms": 1e3 * load,
@@ -123,12 +131,14 @@ def main() -> None:
         f"tiny pi0, batch {args.batch_size}, action_horizon 10, 3 cameras at 64x64; median of {args.steps} steps"
     )
     print(
-        f"{'backend':8} {'init s':>7} {'1st step s':>10} {'load ms':>8} {'step ms':>8} {'samples/s':>10} {'loader share':>12}"
+        f"{'backend':8} {'init s':>7} {'1st step s':>10} {'load ms':>8} {'step ms':>8} {'samples/s':>10} "
+        f"{'loader share':>12} {'cores busy':>10} {'samples/core-s':>14}"
     )
     for name, r in rows.items():
         print(
             f"{name:8} {r['init_s']:7.1f} {r['first_step_s']:10.1f} {r['load_ms']:8.1f} {r['step_ms']:8.1f} "
-            f"{r['samples_per_s']:10.1f} {r['loader_share']:12.1%}"
+            f"{r['samples_per_s']:10.1f} {r['loader_share']:12.1%} {r['cores_busy']:10.2f} "
+            f"{r['samples_per_core_s']:14.1f}"
         )
     ratio = rows["jax"]["samples_per_s"] / rows["torch"]["samples_per_s"]
     print(f"jax / torch samples/s: {ratio:.2f}x")

@@ -13,16 +13,30 @@
 #      and fails if anything is still stale.
 # A run's bytes do not depend on what runs beside it (tests/test_train.py checks two runs
 # side by side against one alone). JOBS=1 gives the plain sequential `dvc repro`.
+# Each stage's wall time goes to results/repro_times.tsv (stage, worker, seconds; a stage DVC
+# found up to date takes about a second): `benchmarks/repro_split.py` prints the split.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-$(nproc)}
 DVC=(python3 -m uv run --locked dvc)
+TIMES=results/repro_times.tsv
 
 if [ "$JOBS" -le 1 ]; then
-  exec "${DVC[@]}" repro
+  exec timed 0 paper "${DVC[@]}" repro
 fi
 
-"${DVC[@]}" repro env fetch analyze normstats filter expert
+mkdir -p results
+printf 'stage\tworker\tseconds\n' >"$TIMES"
+timed() {  # timed WORKER STAGE COMMAND...: run, and log the stage's wall time
+  local worker=$1 stage=$2 t0=$SECONDS
+  shift 2
+  "$@" || return 1
+  printf '%s\t%s\t%s\n' "$stage" "$worker" "$((SECONDS - t0))" >>"$TIMES"
+}
+
+for stage in env fetch analyze normstats filter expert; do
+  timed 0 "$stage" "${DVC[@]}" repro "$stage"
+done
 
 # with retries while another worker holds the repo lock (DVC takes it briefly around each stage)
 repro_single() {
@@ -50,7 +64,8 @@ worker() {
   local k=$1 i
   for ((i = k; i < ${#runs[@]}; i += JOBS)); do
     echo "repro [worker $k]: ${runs[i]}"
-    repro_single "train@${runs[i]}" && repro_single "eval@${runs[i]}" || return 1
+    timed "$k" "train@${runs[i]}" repro_single "train@${runs[i]}" || return 1
+    timed "$k" "eval@${runs[i]}" repro_single "eval@${runs[i]}" || return 1
   done
 }
 pids=()
@@ -62,4 +77,4 @@ status=0
 for p in "${pids[@]}"; do wait "$p" || status=1; done
 [ "$status" -eq 0 ] || { echo "repro: a matrix run failed (see above)" >&2; exit 1; }
 
-"${DVC[@]}" repro
+timed 0 paper "${DVC[@]}" repro
