@@ -361,6 +361,12 @@ class RunPaths:
     def metadata(self) -> Path:
         return self.root / "metadata.json"
 
+    @property
+    def host(self) -> Path:
+        """The machine that trained (``hardware.probe``). Apart from metadata.json, whose bytes must
+        not depend on the machine; .dvcignore hides it from DVC so dvc.lock stays host-free."""
+        return self.root / "host.json"
+
 
 def run_loop(
     params: _config.Params,
@@ -559,7 +565,10 @@ def train(
     backend = make_backend(params)
     determinism.apply()  # again, now that torch (if it is the backend) is imported: its switches
     if backend.is_primary:
+        from balanced_pi0 import hardware
+
         _write_json(RunPaths(run_dir).metadata, run_metadata(params, curriculum, norm_stats))
+        _write_json(RunPaths(run_dir).host, hardware.probe())
     run_loop(
         params,
         backend,
@@ -591,5 +600,8 @@ def run_metadata(params: _config.Params, curriculum: Sequence[Phase], norm_stats
             for p in curriculum
         ],
         "determinism": determinism.record(),
+        # The CPU and GPU are named in host.json beside this file, not here: these bytes are the
+        # same on every host the pins cover, so dvc.lock is too.
+        "host": "host.json",
         "versions": {lib: version(lib) for lib in ("orbax-checkpoint", "lerobot", "dvclive", "safetensors")},
     }
