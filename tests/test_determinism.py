@@ -113,3 +113,22 @@ def test_two_hosts_train_identical_bytes_only_with_the_host_pins():
         assert pinned[0] == pinned[1], backend  # the trained params' bytes and every loss
         # Without the pins the same code and data give other bits on the two hosts: the pins matter.
         assert unpinned[0]["params"] != unpinned[1]["params"], backend
+
+
+def test_host_pins_are_separable_and_every_xla_token_is_a_flag():
+    free = determinism.without_host_pins()
+    assert not set(determinism.HOST_ENV) & set(free)
+    assert "--xla_cpu_max_isa=AVX2" in determinism.DETERMINISM_ENV["XLA_FLAGS"].split()
+    assert "--xla_cpu_max_isa=AVX2" not in free["XLA_FLAGS"].split()
+    assert all(f.startswith("--") for f in free["XLA_FLAGS"].split())
+
+
+def test_apply_keeps_a_machines_own_openblas_coretype(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # only the env is under test here
+    for key in determinism.DETERMINISM_ENV:  # restored by monkeypatch after the test
+        monkeypatch.setenv(key, "")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "SkylakeX")
+    determinism.apply()
+    assert os.environ["OPENBLAS_CORETYPE"] == "SkylakeX"  # the machine knows its OpenBLAS's bugs
+    assert os.environ["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert determinism.record()["env_matches"]
