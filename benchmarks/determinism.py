@@ -37,7 +37,9 @@ def child(backend: str, mode: str, data: list[str], steps: int, warmup: int, bat
 
 
 def run_child(backend: str, mode: str, data: list[str], args: argparse.Namespace) -> dict:
-    base = {k: v for k, v in os.environ.items() if k not in determinism.DETERMINISM_ENV}
+    # The machine's own OPENBLAS_CORETYPE stays (determinism.HOST_KEEPS): its OpenBLAS may need it.
+    pinned = determinism.DETERMINISM_ENV.keys() - determinism.HOST_KEEPS
+    base = {k: v for k, v in os.environ.items() if k not in pinned}
     cmd = [sys.executable, __file__, "--child", backend, mode, *data]
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
     out = subprocess.run(cmd, env=base, capture_output=True, text=True, check=False)

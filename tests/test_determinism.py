@@ -90,7 +90,9 @@ CHILD = Path(__file__).with_name("two_hosts_child.py")
 
 def _train_as_hosts() -> dict[tuple[str, str], dict]:
     """Every (pinned/unpinned, host) toy training at once, each in a fresh interpreter."""
-    base = {k: v for k, v in os.environ.items() if k not in determinism.DETERMINISM_ENV}
+    # The machine's own OPENBLAS_CORETYPE stays (determinism.HOST_KEEPS): its OpenBLAS may need it.
+    pinned = determinism.DETERMINISM_ENV.keys() - determinism.HOST_KEEPS
+    base = {k: v for k, v in os.environ.items() if k not in pinned}
     procs = {}
     for mode in ("pinned", "unpinned"):
         for host, settings in HOSTS.items():
