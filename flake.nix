@@ -41,7 +41,11 @@
 
       # Keep equal to balanced_pi0.determinism.DETERMINISM_ENV and the Dockerfile's ENV (a test checks).
       determinismEnv = {
-        XLA_FLAGS = "--xla_gpu_deterministic_ops=true --xla_cpu_multi_thread_eigen=false";
+        XLA_FLAGS = "--xla_gpu_deterministic_ops=true --xla_cpu_multi_thread_eigen=false --xla_cpu_max_isa=AVX2 --xla_cpu_enable_platform_dependent_math=false --xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_xnnpack=false";
+        ATEN_CPU_CAPABILITY = "avx2";
+        ONEDNN_MAX_CPU_ISA = "AVX2";
+        MKL_CBWR = "COMPATIBLE";
+        OPENBLAS_CORETYPE = "Haswell";
         CUBLAS_WORKSPACE_CONFIG = ":4096:8";
         NVIDIA_TF32_OVERRIDE = "0";
         PYTHONHASHSEED = "0";

@@ -15,3 +15,8 @@ def test_env_stage_records_the_applied_environment(tmp_path):
     assert doc["torch_deterministic"]["use_deterministic_algorithms"] is True
     assert doc["versions"]["jax"] and doc["versions"]["torch"]
     assert doc["devices"]["jax"] and doc["devices"]["torch"]
+    # bpi0 applies the host pins before torch loads: torch runs its AVX2 kernels, even on AVX-512.
+    hw = doc["hardware"]
+    assert hw["isa_in_use"]["torch_cpu_capability"] == "AVX2"
+    assert hw["isa_in_use"]["xla_cpu_max_isa"] == "AVX2"
+    assert hw["cpu"]["logical_cores"] >= 1 and "avx2" in hw["cpu"]["isa_available"]

@@ -13,9 +13,15 @@ import importlib
 import json
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from balanced_pi0 import config as _config
+# Nothing here may load numpy, torch or jax at import: ``main`` pins their CPU kernels first
+# (``determinism.apply``), and those pins are read once, when each library loads.
+from balanced_pi0 import determinism
 from balanced_pi0.errors import InputError
+
+if TYPE_CHECKING:
+    from balanced_pi0 import config as _config
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _overrides(items: list[str]) -> dict:
     import yaml
 
+    from balanced_pi0 import config as _config
+
     out = {}
     for item in items:
         if "=" not in item:
@@ -191,6 +199,9 @@ def _overrides(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    determinism.apply()  # before any stage imports numpy, torch or jax
+    from balanced_pi0 import config as _config
+
     args = build_parser().parse_args(argv)
     stage = next(s for s in STAGES if s.name == args.stage)
     try:

@@ -1,7 +1,9 @@
 """``bpi0 env``: the pipeline's environment as an output of its own.
 
-The determinism flags (applied, as every stage applies them), library versions and the
-devices both frameworks see: the paper's numbers are claimed for this environment.
+The determinism flags (applied, as every stage applies them), library versions, the
+devices both frameworks see and the hardware (``hardware.probe``: CPU model, instruction sets
+available and in use, cores, caches, GPUs): the paper's numbers are claimed for this environment.
+Because it names the machine, this record (alone among the outputs) differs from host to host.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from balanced_pi0 import determinism
+from balanced_pi0 import determinism, hardware
 
 
 def run(params, out: str = "results/environment.json") -> None:
@@ -21,5 +23,6 @@ def run(params, out: str = "results/environment.json") -> None:
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(determinism.record(), indent=2, sort_keys=True) + "\n")
+    doc = {**determinism.record(), "hardware": hardware.probe()}
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)

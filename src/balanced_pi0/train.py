@@ -434,6 +434,12 @@ class RunPaths:
     def metadata(self) -> Path:
         return self.root / "metadata.json"
 
+    @property
+    def host(self) -> Path:
+        """The machine that trained (``hardware.probe``). Apart from metadata.json, whose bytes must
+        not depend on the machine; .dvcignore hides it from DVC so dvc.lock stays host-free."""
+        return self.root / "host.json"
+
 
 def run_loop(
     params: _config.Params,
@@ -463,7 +469,10 @@ def run_loop(
     end = total if stop_after is None else min(stop_after, total)
     batches.prepare()
     if primary and metadata is not None:
+        from balanced_pi0 import hardware
+
         _write_json(paths.metadata, metadata)
+        _write_json(paths.host, hardware.probe())
     logger = Logger(paths.live, start, total, enabled=progress) if primary else None
     try:
         for step in range(start, end):
@@ -809,5 +818,8 @@ def run_metadata(params: _config.Params, curriculum: Sequence[Phase], norm_stats
             for p in curriculum
         ],
         "determinism": determinism.record(),
+        # The CPU and GPU are named in host.json beside this file, not here: these bytes are the
+        # same on every host the pins cover, so dvc.lock is too.
+        "host": "host.json",
         "versions": {lib: version(lib) for lib in ("orbax-checkpoint", "lerobot", "dvclive", "safetensors")},
     }
