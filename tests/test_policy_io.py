@@ -9,18 +9,16 @@ import pytest
 
 from balanced_pi0 import config as _config
 from balanced_pi0.errors import InputError
-from balanced_pi0.groups import R1PRO
+from balanced_pi0.groups import R1PRO, from_delta_actions, to_delta_actions
 from balanced_pi0.policy_io import (
     STD_EPS,
     NormStats,
     PolicyIO,
     camera_map,
-    from_delta_actions,
     images_to_model,
     load_norm_stats,
     normalize,
     pad_to_dim,
-    to_delta_actions,
     unnormalize,
 )
 

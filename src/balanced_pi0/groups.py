@@ -164,6 +164,30 @@ class GroupLayout:
         }
 
 
+def to_delta_actions(actions: np.ndarray, state: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``actions [..., (H,) D] − state [..., Ds]`` on the ``mask`` dims (state broadcast over H)."""
+    return _shift_masked(actions, state, mask, -1.0)
+
+
+def from_delta_actions(actions: np.ndarray, state: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Inverse of ``to_delta_actions``: the state added back on the ``mask`` dims."""
+    return _shift_masked(actions, state, mask, 1.0)
+
+
+def _shift_masked(actions: np.ndarray, state: np.ndarray, mask: np.ndarray, sign: float) -> np.ndarray:
+    actions, state = np.asarray(actions), np.asarray(state)
+    width = actions.shape[-1]
+    if mask.shape != (width,) or state.shape[-1] < width:
+        raise LayoutError(
+            f"delta actions: actions have {width} dims, the delta mask {mask.shape[0]} and the state "
+            f"{state.shape[-1]}; the state must start with the action layout's dims"
+        )
+    s = state[..., :width]
+    if actions.ndim == state.ndim + 1:  # a chunk: the chunk's first state for every step
+        s = s[..., None, :]
+    return (actions + sign * np.where(mask, s, 0.0)).astype(actions.dtype)
+
+
 def make_bool_mask(*dims: int) -> np.ndarray:
     """openpi's mask builder: ``make_bool_mask(2, -2, 2) == [T, T, F, F, T, T]``."""
     out: list[bool] = []

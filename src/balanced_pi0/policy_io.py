@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from balanced_pi0.errors import InputError
+from balanced_pi0.groups import from_delta_actions, to_delta_actions
 
 #: openpi adds this to the std before dividing.
 STD_EPS = 1e-6
@@ -111,30 +112,6 @@ def _check_stats_shape(x: np.ndarray, stats: NormStats, what: str) -> None:
     shape = stats.mean.shape
     if tuple(x.shape[-len(shape) :]) != shape:
         raise InputError(f"{what}: array of shape {x.shape} does not end in the stats' shape {shape}")
-
-
-def to_delta_actions(actions: np.ndarray, state: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``actions [..., (H,) D] − state [..., Ds]`` on the ``mask`` dims (state broadcast over H)."""
-    return _shift_masked(actions, state, mask, -1.0)
-
-
-def from_delta_actions(actions: np.ndarray, state: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Inverse of ``to_delta_actions``: the state added back on the ``mask`` dims."""
-    return _shift_masked(actions, state, mask, 1.0)
-
-
-def _shift_masked(actions: np.ndarray, state: np.ndarray, mask: np.ndarray, sign: float) -> np.ndarray:
-    actions, state = np.asarray(actions), np.asarray(state)
-    width = actions.shape[-1]
-    if mask.shape != (width,) or state.shape[-1] < width:
-        raise InputError(
-            f"delta actions: actions have {width} dims, the delta mask {mask.shape[0]} and the state "
-            f"{state.shape[-1]}; the state must start with the action layout's dims"
-        )
-    s = state[..., :width]
-    if actions.ndim == state.ndim + 1:  # a chunk: the chunk's first state for every step
-        s = s[..., None, :]
-    return (actions + sign * np.where(mask, s, 0.0)).astype(actions.dtype)
 
 
 def pad_to_dim(x: np.ndarray, dim: int) -> np.ndarray:

@@ -31,7 +31,7 @@ layout ``{"norm_stats": {"state": {...}, "actions": {...}}}``):
   flags them in ``action_is_pad``) are *excluded*: the loss never trains on them,
   so step h's statistics are over frames with index ≥ h of each episode.
 - ``delta_per_timestep``: the same per-timestep statistics of *delta actions*
-  (``policy_io.to_delta_actions``: on the layout's delta-mask dims, ``a[t+h] − s[t]``
+  (``groups.to_delta_actions``: on the layout's delta-mask dims, ``a[t+h] − s[t]``
   with ``s[t]`` the state at the chunk's first step; the other dims as they are).
   This is how the BEHAVIOR Challenge 2025 winner normalised (openpi's
   ``DeltaActions`` + per-timestep z-score); ``train.delta_actions`` uses it.
@@ -47,7 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from balanced_pi0.errors import InputError
-from balanced_pi0.groups import GroupLayout
+from balanced_pi0.groups import GroupLayout, to_delta_actions
 from balanced_pi0.prep import io
 from balanced_pi0.prep.motion import check_layout_width
 
@@ -193,7 +193,6 @@ def slice_blocks(x: np.ndarray, spans: list[tuple[int, int]]) -> Callable[[], It
 
 def delta_blocks(data, spans: list[tuple[int, int]], h: int, mask: np.ndarray):
     """Rows ``to_delta_actions(a[t+h], s[t])`` for the chunk starts t of each span ``(start+h, stop)``."""
-    from balanced_pi0.policy_io import to_delta_actions
 
     def gen() -> Iterator[np.ndarray]:
         for s, e in spans:
