@@ -141,3 +141,14 @@ def test_report_questions_must_name_variants():
         ConfigError, match=r"report.questions: mask: a question compares at least two variants"
     ):
         config.from_dict({"ablation": ablation, "report": {"questions": {"mask": ["main"]}}})
+
+
+def test_every_variant_of_the_shipped_params_gives_valid_run_params():
+    """A run's params hold one variant's overrides; the other variants are not applied on top of them
+    (delta_actions with stats_balanced's norm stats would be invalid)."""
+    params = config.load(Path(__file__).resolve().parents[1] / "params.yaml")
+    for variant in params.ablation.variants:
+        run = config.for_run(params, variant, 1)
+        assert run.train.seed == 1
+    run = config.for_run(params, "delta_actions", 0)
+    assert run.train.delta_actions and run.train.norm_stats == "delta_per_timestep"

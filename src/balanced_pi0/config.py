@@ -418,7 +418,12 @@ def for_run(params: Params, variant: str, seed: int) -> Params:
     data = to_dict(params)
     for key, value in {**variants[variant], "train.seed": seed}.items():
         _set_dotted(data, key, value)
-    return from_dict(data, source=f"ablation.variants.{variant}")
+    # Not from_dict: that would re-apply every other variant on top of this one (the variants were
+    # each checked against the base params when these were loaded).
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as e:
+        raise ConfigError(f"ablation.variants.{variant}: {_format(e)}") from None
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
