@@ -46,6 +46,7 @@
         ONEDNN_MAX_CPU_ISA = "AVX2";
         MKL_CBWR = "COMPATIBLE";
         OPENBLAS_CORETYPE = "Haswell";
+        OMP_NUM_THREADS = "1";
         CUBLAS_WORKSPACE_CONFIG = ":4096:8";
         NVIDIA_TF32_OVERRIDE = "0";
         PYTHONHASHSEED = "0";

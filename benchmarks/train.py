@@ -117,6 +117,7 @@ def main() -> None:
     ap.add_argument("--dataset", default=None, help="LeRobot root (needs --split and --norm-stats too)")
     ap.add_argument("--split", default="data/split.json")
     ap.add_argument("--norm-stats", default="data/norm_stats")
+    ap.add_argument("--params", default="params.yaml", help="params for --dataset (its cameras and model)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.dataset is None:
@@ -125,10 +126,16 @@ def main() -> None:
             dataset, split, stats = args.dataset, args.split, args.norm_stats
         rows = {}
         for backend in ("jax", "torch"):
-            params = _config.from_dict({"train": {"backend": backend, "batch_size": args.batch_size}})
+            overrides = {"train.backend": backend, "train.batch_size": args.batch_size}
+            if args.dataset is None:  # the synthetic dataset's shapes
+                params = _config.from_dict({"train": {"backend": backend, "batch_size": args.batch_size}})
+            else:  # a pipeline dataset: the pipeline's params (cameras, resolution, model)
+                params = _config.load(args.params, overrides)
             rows[backend] = bench(params, dataset, split, stats, args.steps, args.warmup)
+    cams = ", ".join(params.dataset.cameras)
     print(
-        f"tiny pi0, batch {args.batch_size}, action_horizon 10, 3 cameras at 64x64; median of {args.steps} steps"
+        f"tiny pi0, batch {args.batch_size}, action_horizon {params.model.action_horizon}, cameras {cams} "
+        f"at {params.model.image_resolution}px; median of {args.steps} steps"
     )
     print(
         f"{'backend':8} {'init s':>7} {'1st step s':>10} {'load ms':>8} {'step ms':>8} {'samples/s':>10} "

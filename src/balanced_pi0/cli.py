@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -198,8 +199,24 @@ def _overrides(items: list[str]) -> dict:
     return out
 
 
+def use_compile_cache() -> None:
+    """JAX's persistent compilation cache, shared by every stage on this host.
+
+    A tiny-pi0 stage spends more time compiling than computing (measured here: an eval stage
+    compiled 109 programs in 38 s, the model's eager init alone 13 s; 2 s from the cache). The
+    cache holds the executables XLA compiled, keyed by the program, the XLA flags and the jax
+    version, so a hit runs the very code a fresh compile would: outputs do not depend on it.
+    ``JAX_COMPILATION_CACHE_DIR`` moves it; set it empty to turn it off.
+    """
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(cache_home, "balanced_pi0", "jax"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # the many small ones too
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     determinism.apply()  # before any stage imports numpy, torch or jax
+    use_compile_cache()
     from balanced_pi0 import config as _config
 
     args = build_parser().parse_args(argv)
