@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from balanced_pi0 import backends, curriculum, flow
 from balanced_pi0 import config as _config
-from balanced_pi0 import train
 from balanced_pi0.data.loader import ChunkLoader
 from balanced_pi0.policy_io import PolicyIO
 
@@ -62,7 +62,7 @@ def make_dataset(root: Path, resolution: int) -> tuple[str, str, str]:
 
 def bench(params: _config.Params, dataset: str, split: str, stats: str, steps: int, warmup: int) -> dict:
     tc = params.train
-    episodes = train.load_episode_sets(split, None)["train"]
+    episodes = curriculum.load_episode_sets(split, None)["train"]
     loader = ChunkLoader(
         dataset,
         action_horizon=params.model.action_horizon,
@@ -74,7 +74,7 @@ def bench(params: _config.Params, dataset: str, split: str, stats: str, steps: i
     )
     io = PolicyIO.from_params(params, stats)
     batches = loader.batches()
-    backend = train.make_backend(params)
+    backend = backends.make_backend(params)
     tic = time.perf_counter()
     backend.init()
     init_s = time.perf_counter() - tic
@@ -86,7 +86,7 @@ def bench(params: _config.Params, dataset: str, split: str, stats: str, steps: i
         tic = time.perf_counter()
         batch = io.model_batch(next(batches))
         b, h, d = batch["actions"].shape
-        batch["noise"], batch["time"] = train.flow_noise(0, step, b, h, d)
+        batch["noise"], batch["time"] = flow.sample_noise_time(0, step, b, h, d)
         mid = time.perf_counter()
         backend.train_step(batch, step)
         end = time.perf_counter()

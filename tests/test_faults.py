@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 
 import test_train
-from balanced_pi0 import cli, train
+from balanced_pi0 import backends, cli, curriculum, errors, io, train
+from balanced_pi0 import checkpoint as ckpt
 from balanced_pi0 import config as _config
 from balanced_pi0.data.lowdim import load_lowdim
-from balanced_pi0.data.split import read_split
 from balanced_pi0.errors import InputError
 from balanced_pi0.evaluate import stage as eval_stage
+from balanced_pi0.io import read_split
 from balanced_pi0.prep import analyze, normstats
 from balanced_pi0.prep import filter as filter_stage
 from test_train import BACKENDS, make_params, prepared, run, stage_params, tree_digest  # noqa: F401
@@ -70,7 +71,7 @@ def test_bad_params_fail_at_load_naming_the_key(tmp_path, capsys, override, mess
 
 def test_empty_curriculum_never_exports_the_untrained_init():
     with pytest.raises(InputError, match=r"train\.curriculum: no phase"):
-        train.build_curriculum([], {"train": np.arange(3)})
+        curriculum.build_curriculum([], {"train": np.arange(3)})
 
 
 # --------------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def test_every_stage_rejects_a_leaking_split_before_writing(prepared, tmp_path):
 
 def _run_dir_with_final(run_dir: Path) -> Path:
     (run_dir / "final").mkdir(parents=True)
-    train.save_params_npz(run_dir / "final" / "params.npz", {"w": np.zeros(2, np.float32)})
+    io.save_params_npz(run_dir / "final" / "params.npz", {"w": np.zeros(2, np.float32)})
     return run_dir
 
 
@@ -247,7 +248,7 @@ def test_stop_after_that_is_not_a_number_is_named(prepared, tmp_path, capsys):  
 # Params files: format errors and non-finite values are InputErrors naming the path
 # --------------------------------------------------------------------------------------
 def _good_npz(path: Path) -> Path:
-    train.save_params_npz(path, {"a/w": np.ones((2, 3), np.float32), "b": np.zeros(4, np.float32)})
+    io.save_params_npz(path, {"a/w": np.ones((2, 3), np.float32), "b": np.zeros(4, np.float32)})
     return path
 
 
@@ -269,7 +270,7 @@ def test_corrupt_params_file_is_named(tmp_path, damage, message):
     elif damage == "text":
         path.write_text("these are not params\n")
     elif damage == "nan":
-        train.save_params_npz(path, {"a/w": np.full((2, 3), np.nan, np.float32)})
+        io.save_params_npz(path, {"a/w": np.full((2, 3), np.nan, np.float32)})
     elif damage == "object":
         with zipfile.ZipFile(path, "w") as zf, zf.open("a.npy", "w") as f:
             np.lib.format.write_array(f, np.array([{"x": 1}], dtype=object), allow_pickle=True)
@@ -279,7 +280,7 @@ def test_corrupt_params_file_is_named(tmp_path, damage, message):
     else:
         path.unlink()
     with pytest.raises(InputError, match=rf"params\.npz: ({message})"):
-        train.load_params_npz(path)
+        io.load_params_npz(path)
 
 
 def test_init_from_that_does_not_fit_the_model_names_the_file():
@@ -291,7 +292,7 @@ def test_init_from_that_does_not_fit_the_model_names_the_file():
                 raise InputError("pi0 param shapes do not match the model: w: got (2,), model has (3,)")
 
     with pytest.raises(InputError, match=r"^other/params\.npz: pi0 param shapes do not match"):
-        train.init_backend(Strict(), {"w": np.zeros(2)}, "other/params.npz")
+        backends.init_backend(Strict(), {"w": np.zeros(2)}, "other/params.npz")
 
 
 def test_unreadable_openpi_checkpoint_is_named(tmp_path):
@@ -306,7 +307,7 @@ def test_unreadable_openpi_checkpoint_is_named(tmp_path):
 @pytest.mark.parametrize("name", ["tensors.safetensors", "optimizer.json"])
 def test_torch_checkpoint_files_cut_short_are_named(tmp_path, name):
     run(make_params("torch"), tmp_path, stop_after=2)
-    model = tmp_path / "checkpoints" / train.checkpoint_name(2) / "model"
+    model = tmp_path / "checkpoints" / ckpt.checkpoint_name(2) / "model"
     (model / name).write_bytes((model / name).read_bytes()[:-40])
     backend = test_train.make_backend(make_params("torch"))
     backend.init()
@@ -332,7 +333,7 @@ def _damage(checkpoint: Path, how: str) -> None:
     """Flip 40 bytes (same size) or cut the largest file of the checkpoint's model in half, or
     edit its train state (step and loader position)."""
     if how == "state":
-        target = checkpoint / train.STATE_FILE
+        target = checkpoint / ckpt.STATE_FILE
         target.write_text(target.read_text().replace('"step": 4', '"step": 5'))
         return
     target = max(
@@ -355,14 +356,14 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_intact_one(
     params = make_params(backend)
     assert run(params, tmp_path, stop_after=4) == 4
     ckpts = tmp_path / "checkpoints"
-    _damage(ckpts / train.checkpoint_name(4), how)
-    assert "checksum mismatch" in train.verify_checkpoint(ckpts / train.checkpoint_name(4))
+    _damage(ckpts / ckpt.checkpoint_name(4), how)
+    assert "checksum mismatch" in ckpt.verify_checkpoint(ckpts / ckpt.checkpoint_name(4))
     assert run(params, tmp_path) == 6
     err = capsys.readouterr().err
-    assert f"{train.checkpoint_name(4)}: skipped (checksum mismatch" in err
-    assert f"resuming from {ckpts / train.checkpoint_name(2)}" in err
+    assert f"{ckpt.checkpoint_name(4)}: skipped (checksum mismatch" in err
+    assert f"resuming from {ckpts / ckpt.checkpoint_name(2)}" in err
     assert tree_digest(tmp_path / "final") == _uninterrupted(backend, tmp_path_factory)
-    assert all(train.verify_checkpoint(p) is None for _, p in train.list_checkpoints(ckpts))
+    assert all(ckpt.verify_checkpoint(p) is None for _, p in ckpt.list_checkpoints(ckpts))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -370,8 +371,8 @@ def test_no_intact_checkpoint_stops_naming_each_and_changes_nothing(backend, tmp
     params = make_params(backend)
     run(params, tmp_path, stop_after=4)
     ckpts = tmp_path / "checkpoints"
-    _damage(ckpts / train.checkpoint_name(4), "flip")
-    (ckpts / train.checkpoint_name(2) / train.DIGEST_FILE).unlink()  # as a write that never completed
+    _damage(ckpts / ckpt.checkpoint_name(4), "flip")
+    (ckpts / ckpt.checkpoint_name(2) / ckpt.DIGEST_FILE).unlink()  # as a write that never completed
     before = tree_digest(tmp_path)
     with pytest.raises(
         InputError,
@@ -388,8 +389,8 @@ def test_checkpoints_from_before_digests_are_retrained_not_trusted(
 ):
     params = make_params(backend)
     run(params, tmp_path, stop_after=4)
-    for _, path in train.list_checkpoints(tmp_path / "checkpoints"):
-        (path / train.DIGEST_FILE).unlink()
+    for _, path in ckpt.list_checkpoints(tmp_path / "checkpoints"):
+        (path / ckpt.DIGEST_FILE).unlink()
     assert run(params, tmp_path) == 6
     assert (
         "checkpoints have no digest.json (written before checkpoints carried one)" in capsys.readouterr().err
@@ -403,7 +404,7 @@ def test_killed_mid_write_resumes_to_the_uninterrupted_result(backend, tmp_path,
     run(params, tmp_path, stop_after=5)
     ckpts = tmp_path / "checkpoints"
     shutil.copytree(
-        ckpts / train.checkpoint_name(4), ckpts / f".tmp-{train.checkpoint_name(6)}"
+        ckpts / ckpt.checkpoint_name(4), ckpts / f".tmp-{ckpt.checkpoint_name(6)}"
     )  # half-written
     assert run(params, tmp_path) == 6
     assert tree_digest(tmp_path / "final") == _uninterrupted(backend, tmp_path_factory)
@@ -449,13 +450,13 @@ def test_diverged_step_stops_and_keeps_only_finite_checkpoints(backend, what, tm
     make = test_train.make_backend
     monkeypatch.setattr(test_train, "make_backend", lambda p: _poison(make(p), 3, what))
     message = "params after the update" if what == "params" else "grad norm nan"
-    with pytest.raises(train.NonFiniteLossError, match=rf"step 3: non-finite {message} .*episodes \["):
+    with pytest.raises(errors.NonFiniteLossError, match=rf"step 3: non-finite {message} .*episodes \["):
         run(params, tmp_path)
     ckpts = tmp_path / "checkpoints"
-    assert [s for s, _ in train.list_checkpoints(ckpts)] == [2] and not (tmp_path / "final").exists()
+    assert [s for s, _ in ckpt.list_checkpoints(ckpts)] == [2] and not (tmp_path / "final").exists()
     before = tree_digest(tmp_path)
     # the rerun resumes from the good checkpoint, diverges at the same step and stops again
-    with pytest.raises(train.NonFiniteLossError, match=r"step 3: "):
+    with pytest.raises(errors.NonFiniteLossError, match=r"step 3: "):
         run(params, tmp_path)
     assert tree_digest(ckpts) == {
         k[len("checkpoints/") :]: v for k, v in before.items() if k.startswith("checkpoints/")
@@ -465,10 +466,10 @@ def test_diverged_step_stops_and_keeps_only_finite_checkpoints(backend, what, tm
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_huge_learning_rate_stops_without_a_non_finite_checkpoint(backend, tmp_path):
     params = make_params(backend, optimizer={"warmup_steps": 0, "decay_steps": 20, "peak_lr": 1e37})
-    with pytest.raises(train.NonFiniteLossError, match=r"step \d+: non-finite"):
+    with pytest.raises(errors.NonFiniteLossError, match=r"step \d+: non-finite"):
         run(params, tmp_path)
-    for _, path in train.list_checkpoints(tmp_path / "checkpoints"):
-        assert train.verify_checkpoint(path) is None
+    for _, path in ckpt.list_checkpoints(tmp_path / "checkpoints"):
+        assert ckpt.verify_checkpoint(path) is None
         b = test_train.make_backend(params)
         b.init()
         b.restore(path / "model")
@@ -486,9 +487,9 @@ def test_a_non_finite_state_is_never_written_as_a_checkpoint(tmp_path):
         def save(self, directory):  # pragma: no cover - must not be reached
             raise AssertionError("a non-finite state was saved")
 
-    with pytest.raises(train.NonFiniteLossError, match="no checkpoint written"):
-        train.write_checkpoint(tmp_path, 4, Diverged(), {"step": 4}, keep=1)
-    assert train.list_checkpoints(tmp_path) == []
+    with pytest.raises(errors.NonFiniteLossError, match="no checkpoint written"):
+        ckpt.write_checkpoint(tmp_path, 4, Diverged(), {"step": 4}, keep=1)
+    assert ckpt.list_checkpoints(tmp_path) == []
 
 
 # --------------------------------------------------------------------------------------
@@ -507,7 +508,7 @@ def test_eval_stops_on_non_finite_predictions():
 def test_eval_of_non_finite_params_writes_nothing(prepared, tmp_path):  # noqa: F811
     run_dir = tmp_path / "run"
     (run_dir / "final").mkdir(parents=True)
-    train.save_params_npz(run_dir / "final" / "params.npz", {"w": np.array([1.0, np.inf], np.float32)})
+    io.save_params_npz(run_dir / "final" / "params.npz", {"w": np.array([1.0, np.inf], np.float32)})
     out = tmp_path / "eval"
     out.mkdir()
     (out / "metrics.json").write_text('{"previous": 1}\n')

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from balanced_pi0 import backends, curriculum, errors, flow, io, train
+from balanced_pi0 import checkpoint as ckpt
 from balanced_pi0 import config as _config
-from balanced_pi0 import train
 from balanced_pi0.policy_io import NormStats, PolicyIO
 
 HORIZON, REAL_DIM, RES = 4, 23, 16
@@ -193,7 +194,7 @@ def toy_api(backend: str):
     if backend == "jax":
         from flax import nnx
 
-        from balanced_pi0.backends.jax.train_step import ModelApi
+        from balanced_pi0.backends import ModelApi
 
         def export(model):
             pure = nnx.state(model, nnx.Param).to_pure_dict()
@@ -203,7 +204,7 @@ def toy_api(backend: str):
             nnx.update(model, nnx.State({"net": {k.split("/")[1]: v for k, v in flat.items()}}))
 
         return ModelApi(build=jax_model, observation=dict, export=export, load=load)
-    from balanced_pi0.backends.torch.train_step import ModelApi
+    from balanced_pi0.backends import ModelApi
 
     def export_torch(model):
         return {n: p.detach().numpy() for n, p in model.named_parameters()}
@@ -220,13 +221,13 @@ def make_backend(params):
     """The toy model in ``params.train.backend``. A JAX backend shards every 2-D param under FSDP,
     however small (the toy's are); with ``fsdp_devices`` 1 (every test but the FSDP ones) nothing is."""
     extra = {"fsdp_min_bytes": 0} if params.train.backend == "jax" else {}
-    return train.make_backend(params, model_api=toy_api(params.train.backend), **extra)
+    return backends.make_backend(params, model_api=toy_api(params.train.backend), **extra)
 
 
 def run(params, run_dir: Path, stop_after=None, nan_at=None, episode_sets=None, loaders=None) -> int:
     episodes = make_episodes()
     sets = episode_sets or {"train": np.arange(6), "arm_heavy": np.array([1, 4])}
-    curriculum = train.build_curriculum(params.train.curriculum, sets)
+    phases = curriculum.build_curriculum(params.train.curriculum, sets)
 
     def make_loader(ids, seed):
         loader = ToyLoader(episodes, ids, seed, params.train.batch_size, nan_at=nan_at)
@@ -234,7 +235,7 @@ def run(params, run_dir: Path, stop_after=None, nan_at=None, episode_sets=None, 
             loaders.append(loader)
         return loader
 
-    batches = train.CurriculumBatches(curriculum, make_loader, params.train.seed)
+    batches = curriculum.CurriculumBatches(phases, make_loader, params.train.seed)
     return train.run_loop(
         params,
         make_backend(params),
@@ -255,80 +256,6 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------
-# Schedule and noise
-# --------------------------------------------------------------------------------------
-def test_learning_rate_is_optax_warmup_cosine():
-    from balanced_pi0.backends.jax.train_step import make_schedule
-
-    opt = _config.OptimizerConfig(peak_lr=1e-3, decay_lr=1e-5, warmup_steps=7, decay_steps=40)
-    schedule = make_schedule(opt)
-    ours = np.array([train.learning_rate(s, opt) for s in range(50)])
-    theirs = np.array([float(schedule(s)) for s in range(50)])
-    np.testing.assert_allclose(ours, theirs, rtol=1e-5)  # optax evaluates in float32
-    assert (
-        ours[0] == pytest.approx(1e-3 / 8)
-        and ours[7] == pytest.approx(1e-3)
-        and ours[-1] == pytest.approx(1e-5)
-    )
-
-
-def test_decay_must_outlast_warmup():
-    with pytest.raises(_config.ConfigError, match="decay_steps"):
-        make_params("jax", optimizer={"warmup_steps": 20, "decay_steps": 20})
-
-
-def test_flow_noise_depends_on_seed_and_step_only():
-    a = train.flow_noise(0, 5, 4, 3, 2)
-    np.testing.assert_array_equal(a[0], train.flow_noise(0, 5, 4, 3, 2)[0])
-    assert not np.array_equal(a[0], train.flow_noise(0, 6, 4, 3, 2)[0])
-    assert not np.array_equal(a[0], train.flow_noise(1, 5, 4, 3, 2)[0])
-    t = train.flow_noise(0, 0, 10_000, 1, 1)[1]
-    assert t.min() >= train.TIME_MIN and t.max() <= 1.0
-    # Beta(1.5, 1) has mean 0.6; squeezed into [0.001, 1]
-    assert t.mean() == pytest.approx(0.6 * 0.999 + 0.001, abs=0.01)
-
-
-# --------------------------------------------------------------------------------------
-# Curriculum
-# --------------------------------------------------------------------------------------
-def test_arm_heavy_set_never_includes_validation(tmp_path):
-    (tmp_path / "split.json").write_text('{"train": [0, 1, 2, 5], "val": [3, 4]}')
-    (tmp_path / "arm_heavy.json").write_text('{"episodes": [1, 3, 5]}')
-    sets = train.load_episode_sets(tmp_path / "split.json", tmp_path / "arm_heavy.json")
-    np.testing.assert_array_equal(sets["arm_heavy"], [1, 5])
-    np.testing.assert_array_equal(sets["train"], [0, 1, 2, 5])
-
-
-def test_curriculum_phase_without_its_file_names_the_phase():
-    phases = [_config.PhaseConfig(steps=2, episodes="arm_heavy")]
-    with pytest.raises(train.InputError, match=r"curriculum\[0\].*arm_heavy"):
-        train.build_curriculum(phases, {"train": np.arange(3)})
-
-
-def test_curriculum_switches_episode_sets_at_the_boundary(tmp_path):
-    params = make_params(
-        "jax", curriculum=[{"steps": 3, "episodes": "arm_heavy"}, {"steps": 4, "episodes": "train"}]
-    )
-    seen = {}
-    episodes = make_episodes()
-    sets = {"train": np.arange(6), "arm_heavy": np.array([1, 4])}
-    curriculum = train.build_curriculum(params.train.curriculum, sets)
-    batches = train.CurriculumBatches(
-        curriculum, lambda ids, seed: ToyLoader(episodes, ids, seed, batch_size=8), params.train.seed
-    )
-    for step in range(7):
-        phase, batch = batches.batch(step)
-        seen[step] = (phase.index, set(batch["episode_index"].tolist()))
-    assert all(seen[s][0] == 0 and seen[s][1] <= {1, 4} for s in range(3))
-    assert all(seen[s][0] == 1 for s in range(3, 7))
-    assert set().union(*(seen[s][1] for s in range(3, 7))) - {1, 4}, (
-        "phase 2 must draw beyond the arm-heavy set"
-    )
-    with pytest.raises(IndexError):
-        batches.batch(7)
-
-
-# --------------------------------------------------------------------------------------
 # Backends: learning, determinism, resume, failure
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -336,7 +263,7 @@ def test_loss_falls_on_a_fixed_batch(backend):
     params = make_params(backend, optimizer={"warmup_steps": 0, "decay_steps": 40, "peak_lr": 3e-3})
     episodes = make_episodes()
     batch = policy_io(episodes).model_batch(ToyLoader(episodes, np.arange(6), 0)._batch(0))
-    batch["noise"], batch["time"] = train.flow_noise(0, 0, 3, HORIZON, 32)
+    batch["noise"], batch["time"] = flow.sample_noise_time(0, 0, 3, HORIZON, 32)
     b = make_backend(params)
     b.init()
     losses = [b.train_step(batch, s)["loss"] for s in range(30)]
@@ -352,7 +279,7 @@ def test_same_params_give_identical_checkpoint_bytes(backend, tmp_path):
     assert a == b and len(a) > 0
     assert tree_digest(tmp_path / "a" / "final") == tree_digest(tmp_path / "b" / "final")
     # keep_checkpoints=2 of the 3 written
-    assert [s for s, _ in train.list_checkpoints(tmp_path / "a" / "checkpoints")] == [4, 6]
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "a" / "checkpoints")] == [4, 6]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -374,10 +301,10 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(backend, tmp_path):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_finite_loss_names_step_and_episodes_and_keeps_last_checkpoint(backend, tmp_path):
     params = make_params(backend)
-    with pytest.raises(train.NonFiniteLossError, match=r"step 3: non-finite loss .* episodes \["):
+    with pytest.raises(errors.NonFiniteLossError, match=r"step 3: non-finite loss .* episodes \["):
         run(params, tmp_path, nan_at=3)
     ckpts = tmp_path / "checkpoints"
-    assert [s for s, _ in train.list_checkpoints(ckpts)] == [2]
+    assert [s for s, _ in ckpt.list_checkpoints(ckpts)] == [2]
     assert not list(ckpts.glob(".tmp-*")) and not (tmp_path / "final").exists()
 
 
@@ -414,9 +341,9 @@ def test_interrupted_checkpoint_write_leaves_no_checkpoint(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.write_checkpoint(tmp_path, 4, Failing(), {"step": 4}, keep=2)
-    assert train.list_checkpoints(tmp_path) == []
-    train.remove_partial_checkpoints(tmp_path)
+        ckpt.write_checkpoint(tmp_path, 4, Failing(), {"step": 4}, keep=2)
+    assert ckpt.list_checkpoints(tmp_path) == []
+    ckpt.remove_partial_checkpoints(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -427,7 +354,7 @@ def test_sample_returns_a_chunk_from_the_trained_params(backend, tmp_path):
     b.init()
     episodes = make_episodes()
     obs = policy_io(episodes).observation(ToyLoader(episodes, np.arange(6), 0)._batch(0))
-    noise = train.flow_noise(0, 0, 3, HORIZON, 32)[0]
+    noise = flow.sample_noise_time(0, 0, 3, HORIZON, 32)[0]
     actions = b.sample(obs, noise, num_steps=5)
     assert actions.shape == (3, HORIZON, 32) and np.all(np.isfinite(actions))
 
@@ -436,11 +363,11 @@ def test_sample_returns_a_chunk_from_the_trained_params(backend, tmp_path):
 def test_init_from_starts_from_the_given_params(backend, tmp_path):
     params = make_params(backend)
     run(params, tmp_path / "a")
-    flat = train.load_params_npz(tmp_path / "a" / "final" / "params.npz")
+    flat = io.load_params_npz(tmp_path / "a" / "final" / "params.npz")
     b = make_backend(params)
     b.init(flat)
     b.export(tmp_path / "b")  # the EMA starts at the loaded params
-    again = train.load_params_npz(tmp_path / "b" / "params.npz")
+    again = io.load_params_npz(tmp_path / "b" / "params.npz")
     assert again.keys() == flat.keys()
     for k in flat:
         np.testing.assert_array_equal(again[k], flat[k])
@@ -472,7 +399,7 @@ def data_parallel_losses(
     losses = []
     for step in range(steps):
         batch = io.model_batch(next(loader))
-        batch["noise"], batch["time"] = train.flow_noise(0, step, 4, HORIZON, 32)
+        batch["noise"], batch["time"] = flow.sample_noise_time(0, step, 4, HORIZON, 32)
         losses.append(b.train_step(batch, step)["loss"])
     if not with_shardings:
         return losses
@@ -596,11 +523,11 @@ def test_two_hosts_with_fsdp_train_resume_and_export_as_one_device(tmp_path):
         (0, 2, 4, 3),
         (1, 2, 4, 3),
     ]
-    assert [s for s, _ in train.list_checkpoints(tmp_path / "multi" / "checkpoints")] == [2]
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "multi" / "checkpoints")] == [2]
     assert [r["step"] for r in _run_multi_host(tmp_path / "multi")] == [6, 6]
-    assert [s for s, _ in train.list_checkpoints(tmp_path / "multi" / "checkpoints")] == [4, 6]
-    one = train.load_params_npz(tmp_path / "one" / "final" / "params.npz")
-    multi = train.load_params_npz(tmp_path / "multi" / "final" / "params.npz")
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "multi" / "checkpoints")] == [4, 6]
+    one = io.load_params_npz(tmp_path / "one" / "final" / "params.npz")
+    multi = io.load_params_npz(tmp_path / "multi" / "final" / "params.npz")
     assert one.keys() == multi.keys()
     for k in one:
         np.testing.assert_allclose(multi[k], one[k], rtol=1e-5, atol=1e-7)
@@ -664,10 +591,10 @@ def pi0_batch(step: int) -> dict:
     from balanced_pi0.tokenizer import ByteTokenizer
 
     episodes = make_episodes()
-    io = policy_io(episodes)
-    io = PolicyIO(**{**io.__dict__, "model_cameras": CAMERAS, "tokenize": ByteTokenizer(24).tokenize})
-    batch = io.model_batch(ToyLoader(episodes, np.arange(6), 0)._batch(step))
-    batch["noise"], batch["time"] = train.flow_noise(0, step, 3, HORIZON, 32)
+    pio = policy_io(episodes)
+    pio = PolicyIO(**{**pio.__dict__, "model_cameras": CAMERAS, "tokenize": ByteTokenizer(24).tokenize})
+    batch = pio.model_batch(ToyLoader(episodes, np.arange(6), 0)._batch(step))
+    batch["noise"], batch["time"] = flow.sample_noise_time(0, step, 3, HORIZON, 32)
     return batch
 
 
@@ -675,7 +602,7 @@ def pi0_batch(step: int) -> dict:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pi0_loss_falls_on_a_fixed_batch(backend):
     params = pi0_params(backend, optimizer={"warmup_steps": 0, "decay_steps": 40, "peak_lr": 1e-3})
-    b = train.make_backend(params)
+    b = backends.make_backend(params)
     b.init()
     batch = pi0_batch(0)
     losses = [b.train_step(batch, s)["loss"] for s in range(30)]
@@ -686,10 +613,10 @@ def test_pi0_loss_falls_on_a_fixed_batch(backend):
 def test_jax_and_torch_from_the_same_params_take_the_same_steps():
     """Same initial params, batches and noise: the two optimisers follow each other step by step."""
     opt = {"warmup_steps": 2, "decay_steps": 20, "peak_lr": 1e-3}
-    jax_b = train.make_backend(pi0_params("jax", optimizer=opt))
+    jax_b = backends.make_backend(pi0_params("jax", optimizer=opt))
     jax_b.init()
     initial = jax_b.api.export(jax_b.model())
-    torch_b = train.make_backend(pi0_params("torch", optimizer=opt))
+    torch_b = backends.make_backend(pi0_params("torch", optimizer=opt))
     torch_b.init(initial)
     for step in range(6):
         batch = pi0_batch(step)

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import test_train  # noqa: E402
-from balanced_pi0 import train  # noqa: E402
+from balanced_pi0 import backends, flow  # noqa: E402
 
 HIDDEN = 64
 
@@ -86,14 +86,14 @@ def api(backend: str):
     if backend == "jax":
         from flax import nnx
 
-        from balanced_pi0.backends.jax.train_step import ModelApi
+        from balanced_pi0.backends import ModelApi
 
         def export(model):
             pure = nnx.state(model, nnx.Param).to_pure_dict()
             return {f"{layer}/{k}": np.asarray(v) for layer, d in pure.items() for k, v in d.items()}
 
         return ModelApi(build=jax_model, observation=dict, export=export, load=None)
-    from balanced_pi0.backends.torch.train_step import ModelApi
+    from balanced_pi0.backends import ModelApi
 
     def export_torch(model):
         return {n: p.detach().numpy() for n, p in model.named_parameters()}
@@ -108,12 +108,12 @@ def run(backend: str) -> dict[str, str]:
     episodes = test_train.make_episodes()
     io = test_train.policy_io(episodes)
     loader = test_train.ToyLoader(episodes, np.arange(6), 0).batches()
-    b = train.make_backend(params, model_api=api(backend))
+    b = backends.make_backend(params, model_api=api(backend))
     b.init()
     losses = []
     for step in range(3):
         batch = io.model_batch(next(loader))
-        batch["noise"], batch["time"] = train.flow_noise(0, step, 3, test_train.HORIZON, 32)
+        batch["noise"], batch["time"] = flow.sample_noise_time(0, step, 3, test_train.HORIZON, 32)
         losses.append(b.train_step(batch, step)["loss"])
     out = Path(tempfile.mkdtemp()) / "final"
     b.export(out)  # the run's final/params.npz, as the stage writes it

@@ -8,11 +8,9 @@ Because it names the machine, this record (alone among the outputs) differs from
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-from balanced_pi0 import determinism, hardware
+from balanced_pi0 import determinism, hardware, io
 
 
 def run(params, out: str = "results/environment.json") -> None:
@@ -20,9 +18,4 @@ def run(params, out: str = "results/environment.json") -> None:
     import torch  # noqa: F401
 
     determinism.apply()
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    doc = {**determinism.record(), "hardware": hardware.probe()}
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    io.write_json(Path(out), {**determinism.record(), "hardware": hardware.probe()})

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from balanced_pi0 import config as _config
+from balanced_pi0 import io
 from balanced_pi0.errors import InputError
 from balanced_pi0.groups import ARM_GROUPS, BASE_GROUPS
-from balanced_pi0.prep import io
 
 #: confidence level of every interval in the paper
 CI_LEVEL = 0.95
@@ -344,8 +344,8 @@ def _setup(params: _config.Params, split: Path, arm_heavy: Path, analyze: Path) 
         run = _config.for_run(params, v, params.ablation.seeds[0])
         if any(k.startswith("train.loss") for k in overrides) or v == params.report.reference:
             effective[v] = LossSpec.from_config(run).effective_group_weights()
+    from balanced_pi0 import flow as _flow
     from balanced_pi0 import loss as _loss
-    from balanced_pi0 import train as _train
 
     lc = params.train.loss
     layout = params.layout.build()
@@ -359,10 +359,10 @@ def _setup(params: _config.Params, split: Path, arm_heavy: Path, analyze: Path) 
         "ci_percent": round(100 * CI_LEVEL),
         "power": {"alpha": 2 * (1 - _normal_cdf(Z_ALPHA)), "power": _normal_cdf(Z_POWER)},
         "method": {
-            "time_alpha": _train.TIME_ALPHA,
-            "time_beta": _train.TIME_BETA,
-            "time_min": _train.TIME_MIN,
-            "time_scale": round(1.0 - _train.TIME_MIN, 6),
+            "time_alpha": _flow.TIME_ALPHA,
+            "time_beta": _flow.TIME_BETA,
+            "time_min": _flow.TIME_MIN,
+            "time_scale": round(1.0 - _flow.TIME_MIN, 6),
             "delta_alpha": lc.delta_alpha,
             "delta_beta": lc.delta_beta,
             "delta_cap": lc.delta_cap,

@@ -16,7 +16,8 @@ from flax import nnx
 from balanced_pi0.backends.jax import params as jax_params
 from balanced_pi0.backends.jax import pi0 as jax_pi0
 from balanced_pi0.backends.torch import pi0 as torch_pi0
-from balanced_pi0.backends.torch.convert import export_jax_params, load_jax_params
+from balanced_pi0.backends.torch.convert import export_params, load_params
+from balanced_pi0.flow import Observation, noisy_actions
 from balanced_pi0.model_config import SIZES
 
 CONFIG = SIZES["tiny"]
@@ -47,10 +48,10 @@ def _inputs(seed: int = 0) -> dict[str, np.ndarray | dict[str, np.ndarray]]:
     }
 
 
-def _obs(module, x: dict, to_array) -> object:
+def _obs(x: dict, to_array) -> Observation:
     keys = ("images", "image_masks", "state", "tokenized_prompt", "tokenized_prompt_mask")
     convert = lambda v: {k: to_array(a) for k, a in v.items()} if isinstance(v, dict) else to_array(v)  # noqa: E731
-    return module.Observation(**{k: convert(x[k]) for k in keys})
+    return Observation(**{k: convert(x[k]) for k in keys})
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +66,15 @@ def models():
     flat = {k: (0.1 * rng.standard_normal(s)).astype(np.float32) for k, s in sorted(shapes.items())}
     jax_params.load_params(jmodel, flat)
     tmodel = torch_pi0.Pi0(CONFIG).eval()
-    load_jax_params(tmodel, jax_params.export_params(jmodel))
+    load_params(tmodel, jax_params.export_params(jmodel))
     return jmodel, flat, tmodel
 
 
 def test_velocity_and_loss_agree(models):
     jmodel, _, tmodel = models
     x = _inputs()
-    jobs, tobs = _obs(jax_pi0, x, jnp.asarray), _obs(torch_pi0, x, torch.from_numpy)
-    t = x["time"][:, None, None]
-    x_t = t * x["noise"] + (1 - t) * x["actions"]
+    jobs, tobs = _obs(x, jnp.asarray), _obs(x, torch.from_numpy)
+    x_t, _ = noisy_actions(x["actions"], x["noise"], x["time"])
     # jit: one compiled call is faster on the CPU than dispatching the model op by op
     v_jax = jax.jit(jmodel.velocity)(jobs, jnp.asarray(x_t), jnp.asarray(x["time"]))
     with torch.no_grad():
@@ -89,7 +89,7 @@ def test_velocity_and_loss_agree(models):
 def test_sampled_actions_agree(models):
     jmodel, _, tmodel = models
     x = _inputs()
-    jobs, tobs = _obs(jax_pi0, x, jnp.asarray), _obs(torch_pi0, x, torch.from_numpy)
+    jobs, tobs = _obs(x, jnp.asarray), _obs(x, torch.from_numpy)
     a_jax = jax.jit(lambda o, n: jmodel.sample_actions(o, n, num_steps=5))(
         jobs, jnp.asarray(x["sample_noise"])
     )
@@ -100,7 +100,7 @@ def test_sampled_actions_agree(models):
 def test_torch_to_jax_gives_bit_identical_params(models):
     _, flat, tmodel = models
     fresh = nnx.eval_shape(lambda: jax_pi0.Pi0(CONFIG, rngs=nnx.Rngs(7)))
-    jax_params.load_params(fresh, export_jax_params(tmodel))
+    jax_params.load_params(fresh, export_params(tmodel))
     back = jax_params.export_params(fresh)
     assert back.keys() == flat.keys()
     for k, v in flat.items():

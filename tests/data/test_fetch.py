@@ -10,8 +10,8 @@ from balanced_pi0 import config
 from balanced_pi0.cli import main
 from balanced_pi0.data.fetch import fetch
 from balanced_pi0.data.lowdim import load_lowdim
-from balanced_pi0.data.split import read_split
 from balanced_pi0.errors import InputError
+from balanced_pi0.io import read_split
 
 from .conftest import fake_episodes
 

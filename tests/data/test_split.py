@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from balanced_pi0.data.split import make_split, read_split, write_split
+from balanced_pi0.data.split import make_split, write_split
 from balanced_pi0.errors import InputError
+from balanced_pi0.io import read_split
 
 
 def test_split_is_seeded_disjoint_and_complete():

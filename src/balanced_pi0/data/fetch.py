@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from balanced_pi0 import config as _config
+from balanced_pi0 import io
 from balanced_pi0.data import split as _split
 from balanced_pi0.data.lowdim import load_lowdim
 from balanced_pi0.data.writer import replace_dir, write_dataset
@@ -32,7 +33,7 @@ def fetch(params: _config.Params, out: str = "data/dataset", split: str = "data/
         _split.write_split(
             split_staging, _split.make_split(low.episodes, cfg.split.val_fraction, cfg.split.seed)
         )
-        _split.read_split(split_staging, need_val=True, dataset_episodes=low.episodes)
+        io.read_split(split_staging, need_val=True, dataset_episodes=low.episodes)
     except BaseException:
         import shutil
 

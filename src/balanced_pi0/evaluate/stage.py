@@ -7,7 +7,6 @@ and a few rollout GIFs. Same checkpoint and seeds → identical bytes.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -18,10 +17,10 @@ import numpy as np
 from tqdm import tqdm
 
 from balanced_pi0 import config as _config
+from balanced_pi0 import io
 from balanced_pi0.errors import InputError
 from balanced_pi0.evaluate import closed_loop, offline
 from balanced_pi0.groups import BASE_GROUPS, GroupLayout
-from balanced_pi0.prep import io
 
 #: the noise of flow sample s of chunk batch b is drawn from SeedSequence((EVAL_NOISE_KEY, seed, b, s))
 EVAL_NOISE_KEY = 0xE7A1
@@ -101,10 +100,11 @@ def run(
     expert: str = "results/expert/metrics.json",
     out: str = "runs/train/eval",
 ) -> None:
+    from balanced_pi0.backends import init_backend, make_backend
     from balanced_pi0.data.loader import ChunkLoader
     from balanced_pi0.data.lowdim import load_lowdim
     from balanced_pi0.policy_io import PolicyIO
-    from balanced_pi0.train import check_norm_stats, init_backend, load_params_npz, make_backend
+    from balanced_pi0.run_meta import check_norm_stats
 
     ec = params.eval
     layout = params.layout.build()
@@ -117,7 +117,7 @@ def run(
     policy_io = PolicyIO.from_params(params, norm_stats)
     check_norm_stats(policy_io, params, norm_stats, state_dim=low.state.shape[1])
     expert_summary = read_expert(Path(expert)) if ec.rollouts > 0 else None
-    flat = load_params_npz(final, what="the run's final params")
+    flat = io.load_params_npz(final, what="the run's final params")
     backend = make_backend(params)
     init_backend(backend, flat, str(final))
     sampler = make_sampler(backend, ec.num_steps, source=final)
@@ -159,15 +159,9 @@ def run(
 
 
 def read_expert(path: Path) -> dict:
-    if not path.exists():
-        raise InputError(f"{path}: expert rollouts not found (run `bpi0 expert` first)")
-    try:
-        summary = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(summary, dict):
-        raise InputError(f"{path}: expected a JSON object of expert rollout results")
-    return summary
+    return io.read_json_object(
+        path, "of expert rollout results", missing="expert rollouts not found (run `bpi0 expert` first)"
+    )
 
 
 def publish(staging: Path, out: Path) -> None:

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from balanced_pi0 import io
 from balanced_pi0.groups import ARM_GROUPS, BASE_GROUPS, GroupLayout
-from balanced_pi0.prep import io
 from balanced_pi0.prep.motion import EpisodeMotion, check_motion_layout, dataset_motion, step_changes
 from balanced_pi0.prep.normstats import column_blocks, feature_stats, floor_scale
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from balanced_pi0 import io
 from balanced_pi0.data.writer import EPISODES_SIDECAR
 from balanced_pi0.errors import InputError
 from balanced_pi0.groups import GroupLayout
-from balanced_pi0.prep import io
 from balanced_pi0.prep.motion import dataset_motion
 
 

@@ -46,9 +46,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from balanced_pi0 import io
 from balanced_pi0.errors import InputError
 from balanced_pi0.groups import GroupLayout, to_delta_actions
-from balanced_pi0.prep import io
 from balanced_pi0.prep.motion import check_layout_width
 
 QUANTILES = {"q01": 0.01, "q99": 0.99}

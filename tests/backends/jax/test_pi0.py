@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from balanced_pi0.backends.jax.params import export_params, load_params, param_shapes
-from balanced_pi0.backends.jax.pi0 import Observation, Pi0, make_attn_mask, sample_noise_time
+from balanced_pi0.backends.jax.pi0 import Pi0
 from balanced_pi0.errors import InputError
+from balanced_pi0.flow import Observation
 from balanced_pi0.model_config import SIZES
 
 CFG = SIZES["tiny"]
@@ -109,11 +109,11 @@ def test_absent_camera_and_prompt_padding_are_invisible(model, noisy):
     images[cam] = images[cam].copy()
     images[cam][1] = 0.5
     tokens = np.where(obs.tokenized_prompt_mask, obs.tokenized_prompt, 7).astype(np.int32)
-    changed = velocity(model, obs.replace(images=images, tokenized_prompt=tokens), *noisy)
+    changed = velocity(model, dataclasses.replace(obs, images=images, tokenized_prompt=tokens), *noisy)
     np.testing.assert_allclose(changed, ref, atol=1e-6)
     # ... while the same change where the camera is present does change sample 0.
     images[cam][0] = 0.5
-    seen = velocity(model, obs.replace(images=images), *noisy)
+    seen = velocity(model, dataclasses.replace(obs, images=images), *noisy)
     assert not np.allclose(seen[0], ref[0], atol=1e-4)
 
 
@@ -127,27 +127,6 @@ def test_cached_sampling_equals_euler_on_the_full_sequence(model):
         x = x + dt * np.asarray(velocity(model, obs, x, np.full(B, t, np.float32)))
         t = t + dt
     assert rel_err(actions, x) < 1e-5
-
-
-def test_make_attn_mask_semantics():
-    valid = jnp.ones((1, 4), bool)
-    causal = make_attn_mask(valid, jnp.array([True] * 4))[0]
-    np.testing.assert_array_equal(causal, np.tril(np.ones((4, 4), bool)))
-    # prefix-LM: two bidirectional tokens, then a causal one, then one in its block
-    blocks = make_attn_mask(valid, jnp.array([False, False, True, False]))[0]
-    np.testing.assert_array_equal(blocks, [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
-    padded = make_attn_mask(jnp.array([[True, False, True, True]]), jnp.array([False, False, True, False]))[0]
-    assert not padded[:, 1].any() and not padded[1].any()
-
-
-def test_sample_noise_time_follows_openpi():
-    noise, time = sample_noise_time(jax.random.key(0), 4096, 2, 3)
-    assert noise.shape == (4096, 2, 3) and time.shape == (4096,)
-    assert float(time.min()) >= 0.001 and float(time.max()) <= 1.0
-    # Beta(1.5, 1) has mean 0.6: scaled, 0.6 * 0.999 + 0.001; standard error ~0.004
-    assert abs(float(time.mean()) - (0.6 * 0.999 + 0.001)) < 0.02
-    again = sample_noise_time(jax.random.key(0), 4096, 2, 3)
-    np.testing.assert_array_equal(time, again[1])
 
 
 def test_bfloat16_computes_in_bf16_with_float32_params(model, noisy):
@@ -164,7 +143,7 @@ def test_missing_camera_is_an_input_error(model, noisy):
     obs = make_obs()
     images = {c: v for c, v in obs.images.items() if c != CFG.cameras[2]}
     with pytest.raises(InputError, match=CFG.cameras[2]):
-        model.velocity(obs.replace(images=images), *noisy)
+        model.velocity(dataclasses.replace(obs, images=images), *noisy)
 
 
 @pytest.mark.slow

@@ -17,7 +17,8 @@ import pytest
 from flax import nnx
 
 from balanced_pi0.backends.jax.params import load_params, param_shapes
-from balanced_pi0.backends.jax.pi0 import Observation, Pi0, make_attn_mask
+from balanced_pi0.backends.jax.pi0 import Pi0
+from balanced_pi0.flow import Observation, make_attn_mask
 from balanced_pi0.model_config import SIZES, Pi0Config
 
 FIXTURE_DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "fixtures" / "openpi_pi0_oracle"

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from balanced_pi0.backends.torch.convert import (
-    export_jax_params,
-    jax_param_shapes,
+    export_params,
     jax_to_torch,
-    load_jax_params,
+    load_params,
+    param_shapes,
     pi0_from_jax,
     torch_param_shapes,
     torch_to_jax,
@@ -30,13 +30,13 @@ TINY = SIZES["tiny"]
 
 def _random_jax_params(config, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {k: rng.standard_normal(s).astype(np.float32) for k, s in jax_param_shapes(config).items()}
+    return {k: rng.standard_normal(s).astype(np.float32) for k, s in param_shapes(config).items()}
 
 
 def test_oracle_full_param_shapes():
     """The full-size tree is openpi's, name for name and shape for shape (no allocation)."""
     ref = json.loads(FULL_SHAPES.read_text())["params"]
-    assert jax_param_shapes(SIZES["pi0"]) == {k: tuple(v["shape"]) for k, v in ref.items()}
+    assert param_shapes(SIZES["pi0"]) == {k: tuple(v["shape"]) for k, v in ref.items()}
 
 
 @pytest.mark.parametrize("size", ["tiny", "dummy", "pi0"])
@@ -51,8 +51,8 @@ def test_rules_cover_the_torch_model_exactly(size):
 def test_jax_to_torch_to_jax_is_bit_identical():
     src = _random_jax_params(TINY)
     model = Pi0(TINY)
-    load_jax_params(model, {k: v.copy() for k, v in src.items()})
-    back = export_jax_params(model)
+    load_params(model, {k: v.copy() for k, v in src.items()})
+    back = export_params(model)
     assert back.keys() == src.keys()
     for k, v in src.items():
         assert back[k].dtype == v.dtype and np.array_equal(back[k], v), k
@@ -132,7 +132,7 @@ def test_pi0_from_jax_assigns_views_and_computes_the_same():
     src = _random_jax_params(TINY, seed=3)
     table = src["PaliGemma/llm/embedder/input_embedding"]
     copied = Pi0(TINY)
-    load_jax_params(copied, {k: v.copy() for k, v in src.items()})
+    load_params(copied, {k: v.copy() for k, v in src.items()})
     assigned = pi0_from_jax(src, TINY)
     assert np.shares_memory(assigned.llm.embed_tokens.weight.detach().numpy(), table)
     for (name, a), b in zip(assigned.state_dict().items(), copied.state_dict().values(), strict=True):

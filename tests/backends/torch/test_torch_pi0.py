@@ -11,9 +11,10 @@ import pytest
 import torch
 from scipy import stats
 
-from balanced_pi0.backends.torch.convert import load_jax_params, torch_to_jax
-from balanced_pi0.backends.torch.pi0 import Observation, Pi0, make_attn_mask
+from balanced_pi0.backends.torch.convert import load_params, torch_to_jax
+from balanced_pi0.backends.torch.pi0 import Pi0
 from balanced_pi0.errors import InputError
+from balanced_pi0.flow import Observation, make_attn_mask
 from balanced_pi0.model_config import SIZES, Pi0Config
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -65,7 +66,7 @@ def oracle(request):
     """(fixture arrays, torch model loaded from the fixture's openpi params, observation)."""
     fx = np.load(request.param)
     model = Pi0(_fixture_config(fx))
-    load_jax_params(model, {k.removeprefix("param/"): fx[k] for k in fx.files if k.startswith("param/")})
+    load_params(model, {k.removeprefix("param/"): fx[k] for k in fx.files if k.startswith("param/")})
     return fx, model.eval(), _fixture_observation(fx)
 
 

@@ -88,7 +88,7 @@ def read_openpi_params(path: str | Path) -> dict[str, np.ndarray]:
     flat = _flatten(params)
     if all(p.endswith("/value") for p in flat):
         flat = {p.removesuffix("/value"): v for p, v in flat.items()}
-    from balanced_pi0.train import check_params
+    from balanced_pi0.io import check_params
 
     check_params(path, flat)
     return flat

@@ -8,9 +8,8 @@ Block-causal masking (``make_attn_mask``) keeps the prefix blind to the suffix
 and the state token blind to the actions, so the prefix can be computed once
 into a KV cache at sampling time.
 
-Flow matching, openpi's convention (t = 1 is noise, t = 0 is data)::
-
-    x_t = t·ε + (1 − t)·a,   u = ε − a,   error = (v(x_t, t) − u)²
+Flow matching itself (``x_t``, the target, the masks, the time embedding, Euler
+sampling) is ``balanced_pi0.flow``, shared with the PyTorch model.
 
 Attribute names reproduce openpi's parameter tree, so ``nnx.state`` of this
 model *is* an openpi checkpoint's ``params`` (see ``params.py``).
@@ -18,50 +17,22 @@ model *is* an openpi checkpoint's ``params`` (see ``params.py``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-from flax import nnx, struct
+from flax import nnx
 
 from balanced_pi0.backends.jax.gemma import Gemma
 from balanced_pi0.backends.jax.siglip import Siglip
 from balanced_pi0.errors import InputError
+from balanced_pi0.flow import Observation, euler_sample, make_attn_mask, noisy_actions, posemb_sincos
 from balanced_pi0.model_config import Pi0Config
 
-# Sinusoidal time embedding periods: sensitive across t in [0, 1].
-TIME_MIN_PERIOD = 4e-3
-TIME_MAX_PERIOD = 4.0
-
-
-@struct.dataclass
-class Observation:
-    """Model input. Images in [-1, 1] at the config's resolution, state padded to action_dim."""
-
-    images: dict[str, jax.Array]  # camera -> f32[B, H, W, 3]
-    image_masks: dict[str, jax.Array]  # camera -> bool[B], False = camera absent
-    state: jax.Array  # f32[B, action_dim]
-    tokenized_prompt: jax.Array  # i32[B, max_token_len]
-    tokenized_prompt_mask: jax.Array  # bool[B, max_token_len]
-
-
-def make_attn_mask(input_mask: jax.Array, ar_mask: jax.Array) -> jax.Array:
-    """``[B, N, N]``: query i sees key j iff both are real and ``cumsum(ar)[j] <= cumsum(ar)[i]``.
-
-    ``ar_mask[j] = True`` starts a new block that earlier tokens cannot see; so
-    all-False is full attention, all-True is causal (big_vision's convention).
-    """
-    ar_mask = jnp.broadcast_to(ar_mask, input_mask.shape)
-    cumsum = jnp.cumsum(ar_mask, axis=1)
-    attn = cumsum[:, None, :] <= cumsum[:, :, None]
-    valid = input_mask[:, None, :] & input_mask[:, :, None]
-    return attn & valid
-
-
-def posemb_sincos(pos: jax.Array, dim: int, min_period: float, max_period: float) -> jax.Array:
-    """``[B, dim]`` sine-cosine embedding of scalar positions (here: the flow time)."""
-    fraction = jnp.linspace(0.0, 1.0, dim // 2)
-    period = min_period * (max_period / min_period) ** fraction
-    angle = jnp.einsum("i,j->ij", pos, 1.0 / period * 2 * jnp.pi, precision=jax.lax.Precision.HIGHEST)
-    return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=-1)
+# The observation crosses ``jax.jit`` boundaries: a pytree of its arrays.
+jax.tree_util.register_dataclass(
+    Observation, data_fields=[f.name for f in dataclasses.fields(Observation)], meta_fields=[]
+)
 
 
 class PaliGemma(nnx.Module):
@@ -107,7 +78,7 @@ class Pi0(nnx.Module):
         return tokens, jnp.concatenate(input_mask, axis=1), ar_mask
 
     def embed_time(self, t: jax.Array) -> jax.Array:
-        return posemb_sincos(t, self.action_in_proj.out_features, TIME_MIN_PERIOD, TIME_MAX_PERIOD)
+        return posemb_sincos(t, self.action_in_proj.out_features)
 
     def embed_suffix(self, obs: Observation, x_t: jax.Array, t: jax.Array):
         """The state token, then one token per action step mixing ``x_t`` and the time embedding."""
@@ -139,9 +110,8 @@ class Pi0(nnx.Module):
         self, obs: Observation, actions: jax.Array, noise: jax.Array, time: jax.Array
     ) -> jax.Array:
         """Per-element squared error ``(v − u)² [B, H, D]``; reduce it with ``balanced_pi0.loss``."""
-        t = time[:, None, None]
-        x_t = t * noise + (1 - t) * actions
-        return jnp.square(self.velocity(obs, x_t, time) - (noise - actions))
+        x_t, u_t = noisy_actions(actions, noise, time)
+        return jnp.square(self.velocity(obs, x_t, time) - u_t)
 
     def sample_actions(self, obs: Observation, noise: jax.Array, num_steps: int = 10) -> jax.Array:
         """Integrate ``dx/dt = v`` from t = 1 (``noise``) to 0 with ``num_steps`` Euler steps.
@@ -149,15 +119,11 @@ class Pi0(nnx.Module):
         The prefix runs once; every step only runs the suffix against its cached keys/values.
         """
         kv_cache, prefix_mask = self.prefix_cache(obs)
-        dt = -1.0 / num_steps
 
-        def step(_, carry):
-            x_t, t = carry
-            v_t = self.cached_velocity(obs, kv_cache, prefix_mask, x_t, jnp.broadcast_to(t, x_t.shape[:1]))
-            return x_t + dt * v_t, t + dt
+        def velocity(x_t, t):
+            return self.cached_velocity(obs, kv_cache, prefix_mask, x_t, jnp.broadcast_to(t, x_t.shape[:1]))
 
-        x_0, _ = jax.lax.fori_loop(0, num_steps, step, (noise, jnp.float32(1.0)))
-        return x_0
+        return euler_sample(velocity, noise, num_steps, jax.lax.fori_loop)
 
     def prefix_cache(self, obs: Observation):
         """Run the prefix alone: per-layer keys/values ``[L, B, P, K, H]`` and the prefix input mask."""
@@ -175,11 +141,3 @@ class Pi0(nnx.Module):
         positions = jnp.sum(prefix_mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
         (_, suffix_out), _ = self.PaliGemma.llm([None, suffix], positions, mask, kv_cache=kv_cache)
         return self.action_out_proj(suffix_out[:, suffix_len - x_t.shape[1] :])
-
-
-def sample_noise_time(key: jax.Array, batch: int, horizon: int, dim: int) -> tuple[jax.Array, jax.Array]:
-    """ε ~ N(0, I) ``[B, H, D]`` and t ~ Beta(1.5, 1)·0.999 + 0.001 ``[B]`` (openpi's training draw)."""
-    noise_key, time_key = jax.random.split(key)
-    noise = jax.random.normal(noise_key, (batch, horizon, dim))
-    time = jax.random.beta(time_key, 1.5, 1.0, (batch,)) * 0.999 + 0.001
-    return noise, time

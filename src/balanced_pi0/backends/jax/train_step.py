@@ -1,8 +1,10 @@
 """JAX backend of ``balanced_pi0.train``: the jitted optimiser step, EMA, orbax checkpoints.
 
 The optimiser is openpi's: global-norm clipping, then AdamW at the schedule's
-learning rate (``optax.warmup_cosine_decay_schedule``, the same numbers as
-``train.learning_rate``), and an exponential moving average of the params.
+learning rate and an exponential moving average of the params. The schedule is
+optax's ``warmup_cosine_decay_schedule``, which runs inside the compiled step;
+``flow.learning_rate`` is the same schedule (a test holds the two equal) for the
+PyTorch step and the logs.
 
 Devices form a ``(data, fsdp)`` mesh, as in openpi: the batch is split over both axes,
 and every parameter (with its optimiser moments and EMA) of at least ``fsdp_min_bytes``
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,9 +34,10 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from balanced_pi0 import config as _config
 from balanced_pi0 import model_config
+from balanced_pi0.backends import ModelApi
 from balanced_pi0.errors import InputError
+from balanced_pi0.io import save_params_npz
 from balanced_pi0.loss import LossSpec, action_loss
-from balanced_pi0.train import save_params_npz
 
 #: Parameters smaller than this stay replicated under FSDP (openpi's default: 4 MiB); tests lower it.
 FSDP_MIN_BYTES = 4 * 2**20
@@ -145,7 +148,7 @@ def fsdp_sharding(tree, mesh: jax.sharding.Mesh, min_bytes: int = FSDP_MIN_BYTES
     return jax.tree.map(one, tree)
 
 
-class JaxBackend:
+class Backend:
     name = "jax"
 
     def __init__(
@@ -310,20 +313,11 @@ def _scrub_orbax_metadata(directory: Path) -> None:
         path.unlink()
 
 
-@dataclass(frozen=True)
-class ModelApi:
-    """The model the backend trains: built from config and rngs, fed an ``Observation`` made from
-    ``PolicyIO``'s dict, exported as ``{openpi path: array}``."""
-
-    build: Callable[[model_config.Pi0Config, nnx.Rngs], nnx.Module]
-    observation: Callable[[Mapping], Any]
-    export: Callable[[nnx.Module], dict[str, np.ndarray]]
-    load: Callable[[nnx.Module, Mapping[str, np.ndarray]], None]
-
-
 def pi0_api() -> ModelApi:
+    """pi0 by openpi's parameter tree: ``ModelApi.build(config, rngs)``."""
     from balanced_pi0.backends.jax.params import export_params, load_params
-    from balanced_pi0.backends.jax.pi0 import Observation, Pi0
+    from balanced_pi0.backends.jax.pi0 import Pi0
+    from balanced_pi0.flow import Observation
 
     return ModelApi(
         build=lambda cfg, rngs: Pi0(cfg, rngs=rngs),
@@ -331,7 +325,3 @@ def pi0_api() -> ModelApi:
         export=export_params,
         load=load_params,
     )
-
-
-def make_backend(params: _config.Params, **kwargs) -> JaxBackend:
-    return JaxBackend(params, **kwargs)

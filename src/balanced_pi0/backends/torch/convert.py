@@ -205,7 +205,7 @@ def _head_rules(config: Pi0Config) -> list[Rule]:
     return out
 
 
-def jax_param_shapes(config: Pi0Config) -> dict[str, tuple[int, ...]]:
+def param_shapes(config: Pi0Config) -> dict[str, tuple[int, ...]]:
     """openpi's parameter tree for ``config``: path -> shape."""
     return {r.jax: r.shape for r in rules(config)}
 
@@ -282,7 +282,7 @@ def torch_to_jax(state_dict: MutableMapping[str, torch.Tensor], config: Pi0Confi
     return out
 
 
-def load_jax_params(model: Pi0, flat: MutableMapping[str, np.ndarray]) -> None:
+def load_params(model: Pi0, flat: MutableMapping[str, np.ndarray]) -> None:
     """Copy openpi params into ``model`` (a ``Pi0``) by name; ``flat`` is consumed."""
     model.load_state_dict(jax_to_torch(flat, model.config), strict=True)
 
@@ -299,6 +299,6 @@ def pi0_from_jax(flat: MutableMapping[str, np.ndarray], config: Pi0Config) -> Pi
     return model
 
 
-def export_jax_params(model: Pi0) -> dict[str, np.ndarray]:
+def export_params(model: Pi0) -> dict[str, np.ndarray]:
     """``model``'s params as openpi's flat JAX tree (fresh float arrays)."""
     return torch_to_jax(dict(model.state_dict()), model.config)

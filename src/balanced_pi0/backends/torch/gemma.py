@@ -73,7 +73,7 @@ class FeedForward(nn.Module):
         return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
 
 
-class Layer(nn.Module):
+class Block(nn.Module):
     def __init__(self, cfg: GemmaConfig):
         super().__init__()
         self.pre_attention_norm = RMSNorm(cfg.width)
@@ -88,7 +88,7 @@ class Expert(nn.Module):
     def __init__(self, cfg: GemmaConfig):
         super().__init__()
         self.cfg = cfg
-        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.depth))
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.final_norm = RMSNorm(cfg.width)
 
 
@@ -118,7 +118,7 @@ def joint_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return torch.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n * h)
 
 
-class MixtureOfTransformers(nn.Module):
+class Gemma(nn.Module):
     """PaliGemma's Gemma (expert 0, with the token embedding) and the action expert (expert 1)."""
 
     def __init__(self, configs: tuple[GemmaConfig, ...], vocab_size: int):

@@ -5,8 +5,8 @@ to each other (masked where a camera or prompt token is absent). Suffix: one sta
 token, then ``action_horizon`` action tokens that mix the noisy action with a
 sinusoidal embedding of the flow time through an MLP. The prefix never attends to
 the suffix, the state token never attends to the actions (``make_attn_mask``).
-Flow matching follows openpi: ``x_t = t·ε + (1−t)·a``, target ``u = ε − a``,
-sampling from t = 1 (noise) to t = 0 with Euler steps.
+Flow matching (``x_t``, the target, the masks, the time embedding, Euler sampling)
+is ``balanced_pi0.flow``, shared with the JAX model.
 
 Images come channels-last in [-1, 1] as on the JAX side. ``config.dtype ==
 "bfloat16"`` runs the matmuls under bf16 autocast while the params stay float32.
@@ -14,45 +14,18 @@ Images come channels-last in [-1, 1] as on the JAX side. ``config.dtype ==
 
 from __future__ import annotations
 
-import math
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from balanced_pi0.backends.torch.gemma import KVCache, MixtureOfTransformers
-from balanced_pi0.backends.torch.siglip import VisionTower
+from balanced_pi0.backends.torch.gemma import Gemma, KVCache
+from balanced_pi0.backends.torch.siglip import Siglip
 from balanced_pi0.errors import InputError
+from balanced_pi0.flow import Observation, euler_sample, make_attn_mask, noisy_actions, posemb_sincos
 from balanced_pi0.model_config import Pi0Config
-
-
-@dataclass
-class Observation:
-    images: dict[str, torch.Tensor]  # camera -> f32 [B, H, W, 3] in [-1, 1]
-    image_masks: dict[str, torch.Tensor]  # camera -> bool [B]
-    state: torch.Tensor  # f32 [B, action_dim]
-    tokenized_prompt: torch.Tensor  # int [B, L]
-    tokenized_prompt_mask: torch.Tensor  # bool [B, L]
-
-
-def make_attn_mask(input_mask: torch.Tensor, ar_mask: torch.Tensor) -> torch.Tensor:
-    """big_vision's mask: token i sees valid token j iff cumsum(ar)[j] <= cumsum(ar)[i]. -> [B, T, T]."""
-    cumsum = torch.cumsum(ar_mask.expand_as(input_mask).long(), dim=1)
-    attn = cumsum[:, None, :] <= cumsum[:, :, None]
-    return attn & input_mask[:, None, :] & input_mask[:, :, None]
-
-
-def posemb_sincos(
-    t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0
-) -> torch.Tensor:
-    """Sine-cosine embedding [B, dim] of scalar times [B], periods from min to max (openpi's)."""
-    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float32, device=t.device)
-    period = min_period * (max_period / min_period) ** fraction
-    x = t.float()[:, None] * (1.0 / period * 2 * math.pi)[None, :]
-    return torch.cat([torch.sin(x), torch.cos(x)], dim=-1)
 
 
 class Pi0(nn.Module):
@@ -60,8 +33,8 @@ class Pi0(nn.Module):
         super().__init__()
         self.config = config
         llm, expert = config.llm, config.expert
-        self.vision = VisionTower(config.siglip, config.image_resolution, out_width=llm.width)
-        self.llm = MixtureOfTransformers((llm, expert), config.vocab_size)
+        self.vision = Siglip(config.siglip, config.image_resolution, out_width=llm.width)
+        self.llm = Gemma((llm, expert), config.vocab_size)
         self.state_proj = nn.Linear(config.action_dim, expert.width)
         self.action_in_proj = nn.Linear(config.action_dim, expert.width)
         self.action_time_mlp_in = nn.Linear(2 * expert.width, expert.width)
@@ -127,22 +100,8 @@ class Pi0(nn.Module):
         self, obs: Observation, actions: torch.Tensor, noise: torch.Tensor, time: torch.Tensor
     ) -> torch.Tensor:
         """Per-element squared error [B, H, D] of the velocity against ``u = ε − a``."""
-        t = time[:, None, None]
-        x_t = t * noise + (1 - t) * actions
-        return (self.velocity(obs, x_t, time) - (noise - actions)).square()
-
-    def sample_noise_time(
-        self, generator: torch.Generator, batch: int, horizon: int, dim: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """ε ~ N(0, I) [B, H, D] and t ~ Beta(1.5, 1)·0.999 + 0.001 [B], from ``generator`` only.
-
-        Beta(1.5, 1) has CDF t^1.5, so it is drawn by inversion, u^(2/3), which (unlike
-        ``torch.distributions.Beta``) accepts a generator.
-        """
-        device = generator.device
-        noise = torch.randn((batch, horizon, dim), generator=generator, device=device)
-        u = torch.rand((batch,), generator=generator, device=device)
-        return noise, u.pow(2.0 / 3.0) * 0.999 + 0.001
+        x_t, u_t = noisy_actions(actions, noise, time)
+        return (self.velocity(obs, x_t, time) - u_t).square()
 
     @torch.no_grad()
     def sample_actions(self, obs: Observation, noise: torch.Tensor, num_steps: int = 10) -> torch.Tensor:
@@ -151,13 +110,9 @@ class Pi0(nn.Module):
             prefix, prefix_mask, prefix_ar = self.embed_prefix(obs)
             positions = torch.cumsum(prefix_mask.long(), dim=1) - 1
             _, kv_cache = self.llm([prefix, None], positions, make_attn_mask(prefix_mask, prefix_ar))
-        # Time is carried in float32 as openpi's while-loop carries it.
-        dt = np.float32(-1.0 / num_steps)
-        x_t, t = noise.float(), np.float32(1.0)
-        for _ in range(num_steps):
-            v_t = self._cached_velocity(obs, prefix_mask, kv_cache, x_t, t)
-            x_t, t = x_t + float(dt) * v_t, np.float32(t + dt)
-        return x_t
+        return euler_sample(
+            lambda x_t, t: self._cached_velocity(obs, prefix_mask, kv_cache, x_t, t), noise.float(), num_steps
+        )
 
     def _cached_velocity(
         self, obs: Observation, prefix_mask: torch.Tensor, kv_cache: KVCache, x_t: torch.Tensor, t: np.float32

@@ -38,7 +38,7 @@ class SelfAttention(nn.Module):
         return self.out_proj(torch.einsum("bnqk,bknh->bqnh", probs, v).reshape(b, t, w))
 
 
-class Mlp(nn.Module):
+class MlpBlock(nn.Module):
     def __init__(self, width: int, mlp_dim: int):
         super().__init__()
         self.fc1 = nn.Linear(width, mlp_dim)
@@ -48,20 +48,20 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
-class EncoderBlock(nn.Module):
+class Encoder1DBlock(nn.Module):
     def __init__(self, cfg: SiglipConfig):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.width, eps=1e-6)
         self.attn = SelfAttention(cfg.width, cfg.num_heads)
         self.norm2 = nn.LayerNorm(cfg.width, eps=1e-6)
-        self.mlp = Mlp(cfg.width, cfg.mlp_dim)
+        self.mlp = MlpBlock(cfg.width, cfg.mlp_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
 
-class VisionTower(nn.Module):
+class Siglip(nn.Module):
     """Images [N, 3, H, W] in [-1, 1] -> tokens [N, (H/p)·(W/p), out_width]."""
 
     def __init__(self, cfg: SiglipConfig, image_resolution: int, out_width: int):
@@ -70,7 +70,7 @@ class VisionTower(nn.Module):
         num_patches = (image_resolution // p) ** 2
         self.patch_embed = nn.Conv2d(3, cfg.width, kernel_size=p, stride=p)
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, cfg.width))
-        self.layers = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.depth))
+        self.layers = nn.ModuleList(Encoder1DBlock(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
         self.head = nn.Linear(cfg.width, out_width)
 

@@ -3,7 +3,7 @@
 Same optimiser as the JAX backend, step for step: global-norm clipping written as
 optax writes it (scale by ``clip / norm`` only when ``norm > clip``; torch's
 ``clip_grad_norm_`` adds 1e-6 to the norm), ``torch.optim.AdamW`` (the same update
-as ``optax.adamw``) at ``train.learning_rate(step)``, and an EMA of the params.
+as ``optax.adamw``) at ``flow.learning_rate(step)``, and an EMA of the params.
 
 A checkpoint is ``tensors.safetensors`` (params, EMA, AdamW moments) plus
 ``optimizer.json`` (the per-parameter step counts and hyperparameters).
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,11 @@ from safetensors.torch import load_file, save_file
 
 from balanced_pi0 import config as _config
 from balanced_pi0 import model_config
+from balanced_pi0.backends import ModelApi
 from balanced_pi0.errors import InputError
+from balanced_pi0.flow import learning_rate
+from balanced_pi0.io import save_params_npz
 from balanced_pi0.loss import LossSpec, action_loss
-from balanced_pi0.train import learning_rate, save_params_npz
 
 
 def _to_torch(tree: Any, device: torch.device) -> Any:
@@ -40,7 +41,7 @@ def _scalars(tree: Any) -> Any:
     return float(tree)
 
 
-class TorchBackend:
+class Backend:
     name = "torch"
 
     def __init__(self, params: _config.Params, model_api: ModelApi | None = None, device: str = "cpu"):
@@ -271,25 +272,10 @@ def _jsonable(d: Mapping) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k not in ("params",)}
 
 
-@dataclass(frozen=True)
-class ModelApi:
-    """The model the backend trains: built from config (under the seeded global generator), fed
-    an ``Observation`` made from ``PolicyIO``'s dict, exported as ``{openpi path: array}``."""
-
-    build: Callable[[model_config.Pi0Config], torch.nn.Module]
-    observation: Callable[[Mapping], Any]
-    export: Callable[[torch.nn.Module], dict[str, np.ndarray]]
-    load: Callable[[torch.nn.Module, dict[str, np.ndarray]], None]
-
-
 def pi0_api() -> ModelApi:
-    from balanced_pi0.backends.torch.convert import export_jax_params, load_jax_params
-    from balanced_pi0.backends.torch.pi0 import Observation, Pi0
+    """pi0 with openpi's parameter meaning: ``ModelApi.build(config)``, params by openpi path."""
+    from balanced_pi0.backends.torch.convert import export_params, load_params
+    from balanced_pi0.backends.torch.pi0 import Pi0
+    from balanced_pi0.flow import Observation
 
-    return ModelApi(
-        build=Pi0, observation=lambda d: Observation(**d), export=export_jax_params, load=load_jax_params
-    )
-
-
-def make_backend(params: _config.Params, **kwargs) -> TorchBackend:
-    return TorchBackend(params, **kwargs)
+    return ModelApi(build=Pi0, observation=lambda d: Observation(**d), export=export_params, load=load_params)
