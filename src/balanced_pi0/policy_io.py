@@ -5,7 +5,8 @@ normalised numbers. What happens here follows openpi's input pipeline:
 
 - **Normalisation** is openpi's z-score ``(x − mean) / (std + 1e-6)`` with the std
   floored at ``normstats.min_std`` (near-constant dimensions such as a gripper that
-  never moves would otherwise blow up, openpi issue #814). Stats cover the real
+  never moves would otherwise blow up, openpi issue #814). The floor is applied here
+  and only here: the norm-stats files hold the data's exact std. Stats cover the real
   dimensions only; the model padding is zero. The ``per_timestep`` variant gives
   the actions a mean and std per (horizon step, dimension).
 - **Padding**: state and actions are zero-padded to the model's ``action_dim`` (32).
@@ -94,18 +95,21 @@ def load_norm_stats(path: str | Path, delta_mask: np.ndarray | None = None) -> d
     return out
 
 
+def std_scale(std: np.ndarray, min_std: float) -> np.ndarray:
+    """What a z-score divides by: the exact ``std`` floored at ``min_std``, plus openpi's ``STD_EPS``."""
+    return np.maximum(std, min_std) + STD_EPS
+
+
 def normalize(x: np.ndarray, stats: NormStats, min_std: float) -> np.ndarray:
     """z-score the leading ``stats.mean.shape`` trailing dims of ``x`` (float32 out)."""
     _check_stats_shape(x, stats, "normalize")
-    scale = np.maximum(stats.std, min_std) + STD_EPS
-    return ((x - stats.mean) / scale).astype(np.float32)
+    return ((x - stats.mean) / std_scale(stats.std, min_std)).astype(np.float32)
 
 
 def unnormalize(x: np.ndarray, stats: NormStats, min_std: float) -> np.ndarray:
     """Inverse of ``normalize``; ``x`` holds the real dims only (slice the model padding first)."""
     _check_stats_shape(x, stats, "unnormalize")
-    scale = np.maximum(stats.std, min_std) + STD_EPS
-    return (x * scale + stats.mean).astype(np.float32)
+    return (x * std_scale(stats.std, min_std) + stats.mean).astype(np.float32)
 
 
 def _check_stats_shape(x: np.ndarray, stats: NormStats, what: str) -> None:

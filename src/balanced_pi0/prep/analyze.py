@@ -2,7 +2,7 @@
 
 On the training episodes, per group of the layout, in raw units and in normalised
 units (the ``standard`` norm stats' z-score: each dimension divided by its training
-std, floored at ``normstats.min_std``; values are also centred on the mean):
+std, floored at ``normstats.min_std`` as ``policy_io`` does; values are also centred on the mean):
 
 - ``values``: every action value of the group;
 - ``step_change``: ``‖a[t+1,g] − a[t,g]‖`` over the steps inside episodes;
@@ -30,9 +30,10 @@ import numpy as np
 from tqdm import tqdm
 
 from balanced_pi0.groups import ARM_GROUPS, BASE_GROUPS, GroupLayout
+from balanced_pi0.policy_io import std_scale
 from balanced_pi0.prep import io
 from balanced_pi0.prep.motion import EpisodeMotion, check_motion_layout, dataset_motion, step_changes
-from balanced_pi0.prep.normstats import column_blocks, feature_stats, floor_scale
+from balanced_pi0.prep.normstats import column_blocks, feature_stats
 
 WEIGHT_RULE = (
     "m_g = mean over training steps of ||Δa_g|| / sqrt(|g|) in normalised units (per-dimension RMS "
@@ -151,11 +152,12 @@ def analyze(
     check_motion_layout(layout, data.action.shape[1])
     action = np.asarray(data.action, dtype=np.float64)
     # the standard norm stats' z-score, so "normalised" means what training will see
-    stats, _ = floor_scale(feature_stats(column_blocks(action), bins=10_000, desc="actions"), min_std)
-    units = {"raw": action, "normalised": (action - stats.mean) / stats.std}
+    stats = feature_stats(column_blocks(action), bins=10_000, desc="actions")
+    scale = std_scale(stats.std, min_std)
+    units = {"raw": action, "normalised": (action - stats.mean) / scale}
     motions = {
         "raw": dataset_motion(data, layout, action),
-        "normalised": dataset_motion(data, layout, action / stats.std),
+        "normalised": dataset_motion(data, layout, action / scale),
     }
     groups, step_rms = _group_metrics(data, layout, units, motions, bins)
     raw = motions["raw"]
