@@ -51,10 +51,32 @@ def test_sections_are_frozen():
         ({"train": {"loss": {"strategy": "per_dimension"}}}, r"train\.loss\.dimension_weights is required"),
         ({"train": {"loss": {"dimension_weights": [1.0, 2.0]}}}, r"dimension_weights: expected 23 weights"),
         (
-            {"layout": {"groups": {"a": [0, 2], "b": [1, 3]}, "real_action_dim": 3}},
+            {
+                "layout": {
+                    "groups": {"a": [0, 2], "b": [1, 3]},
+                    "roles": {"a": "arm", "b": "arm"},
+                    "real_action_dim": 3,
+                }
+            },
             r"layout: .*overlap at dimension 1",
         ),
-        ({"layout": {"groups": {"a": [0, 2]}}}, r"layout: .*real_action_dim is required"),
+        (
+            {"layout": {"groups": {"a": [0, 2]}, "roles": {"a": "arm"}}},
+            r"layout: .*real_action_dim is required",
+        ),
+        ({"layout": {"groups": {"a": [0, 2]}, "real_action_dim": 2}}, r"layout: roles are required"),
+        (
+            {"layout": {"groups": {"a": [0, 1], "b": [1, 2]}, "roles": {"a": "arm"}, "real_action_dim": 2}},
+            r"layout: layout 'custom': group 'b' has no role \(layout\.roles\.b",
+        ),
+        (
+            {"layout": {"groups": {"a": [0, 2]}, "roles": {"a": "elbow"}, "real_action_dim": 2}},
+            r"layout: layout 'custom': group 'a' has role 'elbow'; roles are \['base_velocity'",
+        ),
+        (
+            {"layout": {"groups": {"a": [0, 2]}, "roles": {"a": "arm", "z": "arm"}, "real_action_dim": 2}},
+            r"roles given for groups \['z'\]",
+        ),
         (
             {"train": {"curriculum": [{"steps": 10, "episodes": "hard"}]}},
             r"train\.curriculum\.0\.episodes: expected",
@@ -67,9 +89,18 @@ def test_bad_params_name_the_key_path(data, message):
 
 
 def test_custom_layout_from_params():
-    params = config.from_dict({"layout": {"groups": {"arm": [0, 7], "base": [7, 10]}, "real_action_dim": 10}})
+    params = config.from_dict(
+        {
+            "layout": {
+                "groups": {"arm": [0, 7], "drive": [7, 10]},
+                "roles": {"arm": "arm", "drive": "base_velocity"},
+                "real_action_dim": 10,
+            }
+        }
+    )
     layout = params.layout.build()
-    assert layout.group_names == ("arm", "base") and layout.real_action_dim == 10
+    assert layout.group_names == ("arm", "drive") and layout.real_action_dim == 10
+    assert layout.names_with_role("base_velocity") == ("drive",)
 
 
 def test_load_errors_name_the_file(tmp_path):

@@ -38,10 +38,12 @@ class ConfigError(InputError):
 # --------------------------------------------------------------------------------------
 @section
 class LayoutConfig:
-    """Either ``preset: r1pro`` or an explicit ``groups: {name: [start, stop]}`` mapping."""
+    """Either ``preset: r1pro`` or explicit ``groups: {name: [start, stop]}`` with ``roles: {name: role}``."""
 
     preset: str | None = "r1pro"
     groups: dict[str, list[int]] | None = None
+    #: with ``groups``: what each group is, one of ``groups.ROLES`` (evaluation and statistics read it)
+    roles: dict[str, str] | None = None
     real_action_dim: int | None = None
     #: with ``groups``: openpi ``make_bool_mask`` run lengths of the delta-action dims (presets carry theirs)
     delta_mask: list[int] | None = None
@@ -50,6 +52,10 @@ class LayoutConfig:
     def _one_of(self):
         if self.groups is not None and self.real_action_dim is None:
             raise ValueError("real_action_dim is required when groups are given")
+        if self.groups is not None and self.roles is None:
+            raise ValueError(
+                f"roles are required when groups are given: {{group: one of {list(_groups.ROLES)}}}"
+            )
         if self.groups is None and self.preset is None:
             raise ValueError("give either preset or groups")
         return self
@@ -57,7 +63,7 @@ class LayoutConfig:
     def build(self) -> _groups.GroupLayout:
         if self.groups is not None:
             return _groups.layout_from_mapping(
-                "custom", self.groups, int(self.real_action_dim), delta_mask=self.delta_mask
+                "custom", self.groups, int(self.real_action_dim), delta_mask=self.delta_mask, roles=self.roles
             )
         return _groups.get_layout(self.preset)
 

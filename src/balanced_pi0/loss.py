@@ -81,7 +81,7 @@ from array_api_compat import array_namespace, device, is_jax_namespace, is_torch
 
 from balanced_pi0 import config as _config
 from balanced_pi0.errors import InputError
-from balanced_pi0.groups import ARM_GROUPS, R1PRO, GroupLayout, get_layout
+from balanced_pi0.groups import R1PRO, GroupLayout, get_layout
 
 STRATEGIES: tuple[str, ...] = get_args(_config.Strategy)
 MASK_NORMALIZATIONS: tuple[str, ...] = get_args(_config.MaskNormalization)
@@ -334,19 +334,12 @@ def _seed_dimension_weights() -> list[float]:
     # The seed wrote [1]*3 + [1.5]*4 + [2.5]*14 + [2.0]*2: base, torso, both arms, both grippers,
     # with the arms as one contiguous block (the proprio-state order). In the action order each
     # arm is followed by its gripper, so the blocks are laid out per group instead.
-    per_group = {
-        "base": 1.0,
-        "torso": 1.5,
-        "left_arm": 2.5,
-        "left_gripper": 2.0,
-        "right_arm": 2.5,
-        "right_gripper": 2.0,
-    }
-    return [per_group[R1PRO.groups[i].name] for i in R1PRO.group_of_dim()]
+    per_role = {"base_velocity": 1.0, "torso": 1.5, "arm": 2.5, "gripper": 2.0}
+    return [per_role[R1PRO.groups[i].role] for i in R1PRO.group_of_dim()]
 
 
 def _arms(weight: float) -> dict[str, float]:
-    return dict.fromkeys(ARM_GROUPS, weight)
+    return dict.fromkeys(R1PRO.names_with_role("arm"), weight)
 
 
 #: Named weighting presets. Quote ``LossSpec.effective_group_weights()``, not these raw numbers.

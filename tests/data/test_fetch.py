@@ -50,7 +50,12 @@ def test_fetch_sim_writes_dataset_and_split(tmp_path, fake_sim):
 def test_action_width_not_matching_layout_leaves_no_output(tmp_path, fake_sim):
     params = config.from_dict(
         {
-            "layout": {"preset": None, "groups": {"base": [0, 3], "arm": [3, 20]}, "real_action_dim": 20},
+            "layout": {
+                "preset": None,
+                "groups": {"base": [0, 3], "arm": [3, 20]},
+                "roles": {"base": "base_velocity", "arm": "arm"},
+                "real_action_dim": 20,
+            },
             "dataset": {"sim": {"episodes": 3, "resolution": 16}},
         }
     )
