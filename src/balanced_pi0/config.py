@@ -160,6 +160,9 @@ class ModelConfig:
     max_token_len: int = Field(48, gt=0)
     image_resolution: int = Field(64, ge=14)
     dtype: Literal["float32", "bfloat16"] = "float32"
+    #: PaliGemma's SentencePiece model (``paligemma_tokenizer.model``) for the sizes with its
+    #: vocabulary (``pi0``, ``dummy``); null for ``tiny``, whose byte tokenizer needs no file
+    tokenizer_path: str | None = None
 
 
 Strategy = Literal["uniform", "per_group", "per_dimension", "delta"]

@@ -170,12 +170,15 @@ class PolicyIO:
 
     @classmethod
     def from_params(cls, params, norm_stats_dir: str | Path = "data/norm_stats") -> PolicyIO:
-        """The pipeline's choice: ``<norm_stats_dir>/<train.norm_stats>.json``, the byte tokenizer
-        (the ``pi0`` size reads PaliGemma's SentencePiece model instead; load it and pass ``tokenize``)."""
+        """The pipeline's choice: ``<norm_stats_dir>/<train.norm_stats>.json`` and the tokenizer of
+        the model size (byte for ``tiny``; PaliGemma's SentencePiece model from ``model.tokenizer_path``
+        for ``pi0`` and ``dummy``). The tokenizer is checked first: a missing model file stops
+        ``bpi0 train``/``eval`` before the model is built."""
         from balanced_pi0.model_config import CAMERAS
-        from balanced_pi0.tokenizer import ByteTokenizer
+        from balanced_pi0.tokenizer import for_model
 
         m = params.model
+        tokenizer = for_model(m)
         delta_mask = params.layout.build().delta_mask() if params.train.delta_actions else None
         return cls(
             norm_stats=load_norm_stats(Path(norm_stats_dir) / f"{params.train.norm_stats}.json", delta_mask),
@@ -184,7 +187,7 @@ class PolicyIO:
             image_resolution=m.image_resolution,
             camera_map=camera_map(params.dataset.cameras, CAMERAS),
             model_cameras=CAMERAS,
-            tokenize=ByteTokenizer(m.max_token_len).tokenize,
+            tokenize=tokenizer.tokenize,
             delta_mask=delta_mask,
         )
 
