@@ -48,6 +48,7 @@ def test_max_len_too_small_is_an_input_error():
 @pytest.fixture(scope="module")
 def spm_model(tmp_path_factory):
     import sentencepiece as spm  # a locked dependency: these tests never skip
+
     root = tmp_path_factory.mktemp("spm")
     corpus = root / "corpus.txt"
     words = ["pick", "up", "the", "red", "cube", "place", "it", "on", "left", "right", "table", "reach"]

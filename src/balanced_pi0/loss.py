@@ -73,7 +73,7 @@ import copy
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, get_args
 
 import numpy as np
@@ -133,17 +133,10 @@ class LossSpec:
             cfg, layout = cfg.train.loss, cfg.layout
         if isinstance(layout, _config.LayoutConfig):
             layout = layout.build()
+        # LossConfig's fields are the spec's, the layout aside: copied by name, not listed again.
+        values = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
         try:
-            return cls(
-                strategy=cfg.strategy,
-                mask_normalization=cfg.mask_normalization,
-                layout=get_layout("r1pro" if layout is None else layout),
-                group_weights=cfg.group_weights,
-                dimension_weights=cfg.dimension_weights,
-                delta_alpha=cfg.delta_alpha,
-                delta_beta=cfg.delta_beta,
-                delta_cap=cfg.delta_cap,
-            )
+            return cls(layout=get_layout("r1pro" if layout is None else layout), **values)
         except LossSpecError as e:
             raise LossSpecError(f"train.loss.{e}") from None
 
@@ -170,16 +163,16 @@ def _validate(spec: LossSpec) -> None:
         )
     layout = get_layout(spec.layout)
     group_weights = dict(spec.group_weights)
+    try:  # checks names, lengths and signs; messages name the field and the index
+        layout.weight_vector(group_weights, spec.dimension_weights)
+    except InputError as e:
+        raise LossSpecError(str(e)) from None
     if group_weights and spec.strategy not in ("per_group", "delta"):
         raise LossSpecError(f"group_weights: strategy {spec.strategy!r} does not use group weights")
     if spec.dimension_weights is not None and spec.strategy != "per_dimension":
         raise LossSpecError(f"dimension_weights: strategy {spec.strategy!r} does not use dimension weights")
     if spec.strategy == "per_dimension" and spec.dimension_weights is None:
         raise LossSpecError("dimension_weights: required when strategy is 'per_dimension'")
-    try:  # checks names, lengths and signs; messages name the field and the index
-        layout.weight_vector(group_weights, spec.dimension_weights)
-    except InputError as e:
-        raise LossSpecError(str(e)) from None
     for name in ("delta_alpha", "delta_beta", "delta_cap"):
         value = getattr(spec, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

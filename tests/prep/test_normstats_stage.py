@@ -21,7 +21,12 @@ def test_stage_writes_one_openpi_file_per_variant_from_train_episodes(tmp_path, 
     root, split, episodes = r1pro_dataset
     code, out = _run(tmp_path, root, split, "a")
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["balanced.json", "per_timestep.json", "standard.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "balanced.json",
+        "delta_per_timestep.json",
+        "per_timestep.json",
+        "standard.json",
+    ]
     train = np.concatenate(episodes[:5]).astype(np.float64)  # episode 5 is validation
     std = json.loads((out / "standard.json").read_text())["norm_stats"]
     for key in ("state", "actions"):  # the fixture's state equals its action
