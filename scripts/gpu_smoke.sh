@@ -47,7 +47,7 @@ from balanced_pi0 import determinism
 determinism.apply()
 import numpy as np
 
-from balanced_pi0 import config, train
+from balanced_pi0 import backends, config, flow
 from balanced_pi0.model_config import SIZES
 
 backend_name, size, steps, batch_size, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
@@ -69,7 +69,7 @@ if backend_name == "torch":
 
     determinism.apply()  # now that torch is imported: deterministic algorithms, no TF32
     kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-backend = train.make_backend(params, **kwargs)
+backend = backends.make_backend(params, **kwargs)
 backend.init()
 
 # One fixed synthetic batch (seeded), so the only thing that can differ between runs is the numerics.
@@ -86,7 +86,7 @@ actions = rng.standard_normal((b, h, d), dtype=np.float32)
 action_is_pad = np.arange(h)[None].repeat(b, 0) >= h - 5 * np.arange(b)[:, None]
 losses = []
 for step in range(steps):
-    noise, time = train.flow_noise(0, step, b, h, d)
+    noise, time = flow.sample_noise_time(0, step, b, h, d)
     batch = {"observation": observation, "actions": actions, "action_is_pad": action_is_pad, "noise": noise, "time": time}
     losses.append(backend.train_step(batch, step)["loss"])
 backend.export(out)

@@ -4,6 +4,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from balanced_pi0 import config
 from balanced_pi0.config import ConfigError
@@ -48,13 +49,38 @@ def test_sections_are_frozen():
             {"train": {"loss": {"group_weights": {"base": -2}}}},
             r"train\.loss\.group_weights\.base: weights must be",
         ),
-        ({"train": {"loss": {"strategy": "per_dimension"}}}, r"train\.loss\.dimension_weights is required"),
+        (
+            {"train": {"loss": {"strategy": "per_dimension"}}},
+            r"train\.loss\.dimension_weights: required when strategy is 'per_dimension'",
+        ),
         ({"train": {"loss": {"dimension_weights": [1.0, 2.0]}}}, r"dimension_weights: expected 23 weights"),
         (
-            {"layout": {"groups": {"a": [0, 2], "b": [1, 3]}, "real_action_dim": 3}},
+            {
+                "layout": {
+                    "groups": {"a": [0, 2], "b": [1, 3]},
+                    "roles": {"a": "arm", "b": "arm"},
+                    "real_action_dim": 3,
+                }
+            },
             r"layout: .*overlap at dimension 1",
         ),
-        ({"layout": {"groups": {"a": [0, 2]}}}, r"layout: .*real_action_dim is required"),
+        (
+            {"layout": {"groups": {"a": [0, 2]}, "roles": {"a": "arm"}}},
+            r"layout: .*real_action_dim is required",
+        ),
+        ({"layout": {"groups": {"a": [0, 2]}, "real_action_dim": 2}}, r"layout: roles are required"),
+        (
+            {"layout": {"groups": {"a": [0, 1], "b": [1, 2]}, "roles": {"a": "arm"}, "real_action_dim": 2}},
+            r"layout: layout 'custom': group 'b' has no role \(layout\.roles\.b",
+        ),
+        (
+            {"layout": {"groups": {"a": [0, 2]}, "roles": {"a": "elbow"}, "real_action_dim": 2}},
+            r"layout: layout 'custom': group 'a' has role 'elbow'; roles are \['base_velocity'",
+        ),
+        (
+            {"layout": {"groups": {"a": [0, 2]}, "roles": {"a": "arm", "z": "arm"}, "real_action_dim": 2}},
+            r"roles given for groups \['z'\]",
+        ),
         (
             {"train": {"curriculum": [{"steps": 10, "episodes": "hard"}]}},
             r"train\.curriculum\.0\.episodes: expected",
@@ -67,9 +93,19 @@ def test_bad_params_name_the_key_path(data, message):
 
 
 def test_custom_layout_from_params():
-    params = config.from_dict({"layout": {"groups": {"arm": [0, 7], "base": [7, 10]}, "real_action_dim": 10}})
+    params = config.from_dict(
+        {
+            "layout": {
+                "groups": {"arm": [0, 7], "drive": [7, 10]},
+                "roles": {"arm": "arm", "drive": "base_velocity"},
+                "real_action_dim": 10,
+                "delta_mask": [7, -3],  # the default norm stats include delta_per_timestep
+            }
+        }
+    )
     layout = params.layout.build()
-    assert layout.group_names == ("arm", "base") and layout.real_action_dim == 10
+    assert layout.group_names == ("arm", "drive") and layout.real_action_dim == 10
+    assert layout.names_with_role("base_velocity") == ("drive",)
 
 
 def test_load_errors_name_the_file(tmp_path):
@@ -152,3 +188,29 @@ def test_every_variant_of_the_shipped_params_gives_valid_run_params():
         assert run.train.seed == 1
     run = config.for_run(params, "delta_actions", 0)
     assert run.train.delta_actions and run.train.norm_stats == "delta_per_timestep"
+
+
+def test_defaults_are_the_params_yaml_values():
+    """One source per fact: a key left out of a params file means what params.yaml says.
+
+    The run matrix (``ablation``, ``report``) is the exception: it defaults to a single run.
+    """
+    repo = Path(__file__).resolve().parents[1]
+    written = yaml.safe_load((repo / "params.yaml").read_text())
+    defaults = config.to_dict(config.from_dict({}))
+    for section in set(defaults) - {"ablation", "report"}:
+        loaded = config.to_dict(config.from_dict({section: written.get(section, {})}))[section]
+        assert defaults[section] == loaded, section
+
+
+def test_the_loss_spec_is_the_typed_loss_config_plus_a_layout():
+    """One copy of the loss's fields and defaults: LossSpec holds LossConfig's, and the layout."""
+    from balanced_pi0.loss import LossSpec
+
+    cfg_fields = {f.name: f.default for f in dataclasses.fields(config.LossConfig)}
+    spec_fields = {f.name: f.default for f in dataclasses.fields(LossSpec)}
+    assert set(spec_fields) == set(cfg_fields) | {"layout"}
+    spec, cfg = LossSpec(), config.LossConfig()
+    for name in cfg_fields:
+        got = getattr(spec, name)
+        assert (dict(got) if name == "group_weights" else got) == getattr(cfg, name), name

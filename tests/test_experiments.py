@@ -21,3 +21,4 @@ def test_experiment_params_load(path):
     if "b1k" in path.name:
         assert params.dataset.source.startswith("b1k:")
         assert params.model.size == "pi0" and params.model.action_horizon == 50
+        assert params.model.tokenizer_path is not None  # PaliGemma's vocabulary: never byte ids

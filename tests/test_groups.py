@@ -82,23 +82,41 @@ def test_bad_weights_name_the_field(kwargs, message):
 )
 def test_invalid_layouts_name_group_and_indices(spans, dim, message):
     with pytest.raises(LayoutError, match=message):
-        GroupLayout("custom", tuple(Group(n, a, b) for n, (a, b) in spans.items()), real_action_dim=dim)
+        GroupLayout(
+            "custom", tuple(Group(n, a, b, "arm") for n, (a, b) in spans.items()), real_action_dim=dim
+        )
 
 
 def test_duplicate_group_names_and_bad_spans():
     with pytest.raises(LayoutError, match="group 'a' is defined twice"):
-        GroupLayout("custom", (Group("a", 0, 1), Group("a", 1, 2)), real_action_dim=2)
+        GroupLayout("custom", (Group("a", 0, 1, "arm"), Group("a", 1, 2, "arm")), real_action_dim=2)
     with pytest.raises(LayoutError, match=r"group 'a' must be \[start, stop\) ints"):
-        groups.layout_from_mapping("custom", {"a": [0, 1, 2]}, 3)
+        groups.layout_from_mapping("custom", {"a": [0, 1, 2]}, 3, roles={"a": "arm"})
     with pytest.raises(LayoutError, match="model_action_dim 8 < real_action_dim 10"):
-        GroupLayout("custom", (Group("a", 0, 10),), real_action_dim=10, model_action_dim=8)
+        GroupLayout("custom", (Group("a", 0, 10, "arm"),), real_action_dim=10, model_action_dim=8)
 
 
 def test_layout_from_mapping_round_trip():
-    layout = groups.layout_from_mapping("custom", groups.R1PRO.to_dict()["groups"], 23)
-    assert [(g.name, g.start, g.stop) for g in layout.groups] == [
-        (g.name, g.start, g.stop) for g in groups.R1PRO.groups
-    ]
+    d = groups.R1PRO.to_dict()
+    layout = groups.layout_from_mapping("custom", d["groups"], 23, roles=d["roles"])
+    assert layout.groups == groups.R1PRO.groups
+
+
+def test_r1pro_groups_say_what_they_are():
+    r = groups.R1PRO
+    assert r.names_with_role("base_velocity") == ("base",)
+    assert r.names_with_role("torso") == ("torso",)
+    assert r.names_with_role("arm") == ("left_arm", "right_arm")
+    assert r.names_with_role("gripper") == ("left_gripper", "right_gripper")
+
+
+def test_roles_are_validated_naming_the_group():
+    with pytest.raises(LayoutError, match=r"group 'b' has role 'wheel'; roles are"):
+        GroupLayout("custom", (Group("a", 0, 1, "arm"), Group("b", 1, 2, "wheel")), real_action_dim=2)
+    with pytest.raises(LayoutError, match=r"group 'b' has no role"):
+        layout_from_mapping("custom", {"a": [0, 1], "b": [1, 2]}, 2, roles={"a": "arm"})
+    with pytest.raises(LayoutError, match="unknown group role 'wheel'"):
+        groups.R1PRO.with_role("wheel")
 
 
 def test_make_bool_mask_follows_openpi():
@@ -111,11 +129,13 @@ def test_make_bool_mask_follows_openpi():
 
 def test_a_delta_mask_must_cover_the_layout():
     with pytest.raises(LayoutError, match="covers 4 dims, real_action_dim is 3"):
-        layout_from_mapping("x", {"a": [0, 3]}, 3, delta_mask=[2, -2])
-    assert layout_from_mapping("x", {"a": [0, 3]}, 3, delta_mask=[-1, 2]).delta_mask().tolist() == [
+        layout_from_mapping("x", {"a": [0, 3]}, 3, delta_mask=[2, -2], roles={"a": "arm"})
+    assert layout_from_mapping(
+        "x", {"a": [0, 3]}, 3, delta_mask=[-1, 2], roles={"a": "arm"}
+    ).delta_mask().tolist() == [
         False,
         True,
         True,
     ]
     with pytest.raises(LayoutError, match="defines no delta-action mask"):
-        layout_from_mapping("x", {"a": [0, 3]}, 3).delta_mask()
+        layout_from_mapping("x", {"a": [0, 3]}, 3, roles={"a": "arm"}).delta_mask()

@@ -47,6 +47,22 @@ def test_normalize_is_openpi_z_score_and_unnormalize_inverts_it():
     np.testing.assert_allclose(unnormalize(z, s, min_std=1e-2), x, rtol=1e-5, atol=1e-5)
 
 
+def test_the_std_floor_is_applied_when_normalising_exact_file_statistics(tmp_path):
+    """Files hold the data's std (0.0096 here); PolicyIO floors it at min_std, once, in both directions."""
+    std = np.ones(D)
+    std[22] = 0.0096
+    exact = NormStats(np.zeros(D), std, -2 * std, 2 * std)
+    write_stats(tmp_path / "standard.json", exact, exact)
+    params = _config.from_dict({"normstats": {"min_std": 0.01}})
+    io = PolicyIO.from_params(params, tmp_path)
+    assert io.norm_stats["actions"].std[22] == 0.0096
+    x = np.zeros((1, 1, D), np.float32)
+    x[..., 22] = 0.05
+    z = io.actions(x, np.zeros((1, D), np.float32))
+    assert z[0, 0, 22] == pytest.approx(0.05 / (0.01 + STD_EPS))
+    np.testing.assert_allclose(io.robot_actions(z, np.zeros((1, D))), x, atol=1e-6)
+
+
 def test_std_is_floored_for_constant_dimensions():
     s = NormStats(np.zeros(D), np.r_[np.zeros(1), np.ones(D - 1)], np.zeros(D), np.zeros(D))
     z = normalize(np.full((1, D), 0.05, np.float32), s, min_std=0.1)

@@ -47,7 +47,8 @@ def test_max_len_too_small_is_an_input_error():
 
 @pytest.fixture(scope="module")
 def spm_model(tmp_path_factory):
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm  # a locked dependency: these tests never skip
+
     root = tmp_path_factory.mktemp("spm")
     corpus = root / "corpus.txt"
     words = ["pick", "up", "the", "red", "cube", "place", "it", "on", "left", "right", "table", "reach"]
@@ -88,3 +89,47 @@ def test_sentencepiece_missing_or_bad_file_is_an_input_error(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(InputError, match=r"bad\.model"):
         SentencePieceTokenizer(bad, max_len=8)
+
+
+def _model(**model):
+    from balanced_pi0 import config
+
+    return config.from_dict({"model": model})
+
+
+def test_pi0_size_reads_paligemmas_sentencepiece_model_from_params(spm_model, tmp_path):
+    """Full size: PolicyIO tokenizes with the SentencePiece model of model.tokenizer_path, not bytes."""
+    import json
+
+    from balanced_pi0.policy_io import PolicyIO
+    from balanced_pi0.tokenizer import for_model
+
+    params = _model(size="pi0", tokenizer_path=str(spm_model))
+    tok = for_model(params.model)
+    assert isinstance(tok, SentencePieceTokenizer)
+    doc = {k: [0.0] * 23 if k == "mean" else [1.0] * 23 for k in ("mean", "std", "q01", "q99")}
+    (tmp_path / "standard.json").write_text(json.dumps({"norm_stats": {"state": doc, "actions": doc}}))
+    io = PolicyIO.from_params(params, tmp_path)
+    prompt = "reach the red cube"
+    np.testing.assert_array_equal(
+        io.tokenize(prompt)[0], SentencePieceTokenizer(spm_model, 48).tokenize(prompt)[0]
+    )
+    assert not np.array_equal(io.tokenize(prompt)[0], ByteTokenizer(48).tokenize(prompt)[0])
+    assert isinstance(for_model(_model(size="tiny").model), ByteTokenizer)
+
+
+def test_pi0_size_without_a_tokenizer_model_stops_naming_the_param(tmp_path):
+    from balanced_pi0.policy_io import PolicyIO
+
+    with pytest.raises(InputError, match=r"model\.tokenizer_path: model size 'pi0' .* SentencePiece"):
+        PolicyIO.from_params(_model(size="pi0"), tmp_path)  # before the (absent) norm stats are read
+    missing = tmp_path / "paligemma_tokenizer.model"
+    with pytest.raises(InputError, match=r"model\.tokenizer_path: SentencePiece model not found"):
+        PolicyIO.from_params(_model(size="pi0", tokenizer_path=str(missing)), tmp_path)
+
+
+def test_byte_size_given_a_tokenizer_file_is_an_error(spm_model):
+    from balanced_pi0.tokenizer import for_model
+
+    with pytest.raises(InputError, match=r"model\.tokenizer_path: model size 'tiny' uses the byte tokenizer"):
+        for_model(_model(size="tiny", tokenizer_path=str(spm_model)).model)

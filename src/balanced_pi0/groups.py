@@ -14,6 +14,9 @@ state at the chunk's first step). The R1Pro preset carries the mask of the
 BEHAVIOR Challenge 2025 winner (arXiv 2512.06951), openpi's
 ``make_bool_mask(-3, 3, -1, 7, -1, 7, -1)``: base velocity absolute, torso dims
 3:6 delta, torso dim 6 absolute, both arms delta, grippers absolute.
+
+Every group says what it is (``role``): evaluation, statistics and motion read the
+role, never the name, so a layout may name its groups as its dataset does.
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ from balanced_pi0.errors import InputError
 MODEL_ACTION_DIM = 32
 
 
+#: What a group of dims is. ``base_velocity``: (vx, vy, wz) velocity commands of a mobile base
+#: (motion is distance travelled, holding still is a zero command); ``torso``, ``arm``, ``gripper``:
+#: joint positions (motion is joint-space path length, grippers are scored on open/close events);
+#: ``other``: joint positions that no role-specific metric reads.
+ROLES = ("base_velocity", "torso", "arm", "gripper", "other")
+
+
 class LayoutError(InputError):
     """A layout or a weight specification that does not describe the action space."""
 
@@ -39,6 +49,8 @@ class Group:
     name: str
     start: int
     stop: int  # exclusive
+    #: one of ``ROLES``
+    role: str
 
     @property
     def indices(self) -> range:
@@ -82,6 +94,15 @@ class GroupLayout:
             if g.name == name:
                 return g
         raise LayoutError(f"layout {self.name!r} has no group {name!r}; groups are {list(self.group_names)}")
+
+    def with_role(self, role: str) -> tuple[Group, ...]:
+        """The groups of ``role``, in layout order (for R1Pro's arms: left, then right)."""
+        if role not in ROLES:
+            raise LayoutError(f"unknown group role {role!r}; roles are {list(ROLES)}")
+        return tuple(g for g in self.groups if g.role == role)
+
+    def names_with_role(self, role: str) -> tuple[str, ...]:
+        return tuple(g.name for g in self.with_role(role))
 
     def group_of_dim(self) -> np.ndarray:
         """int array [real_action_dim]: index into ``groups`` of each real dimension."""
@@ -160,6 +181,7 @@ class GroupLayout:
             "real_action_dim": self.real_action_dim,
             "model_action_dim": self.model_action_dim,
             "groups": {g.name: [g.start, g.stop] for g in self.groups},
+            "roles": {g.name: g.role for g in self.groups},
             "delta_mask": None if self.delta_mask_spec is None else list(self.delta_mask_spec),
         }
 
@@ -221,6 +243,10 @@ def _validate(layout: GroupLayout) -> None:
         if g.name in names:
             raise LayoutError(f"layout {layout.name!r}: group {g.name!r} is defined twice")
         names.add(g.name)
+        if g.role not in ROLES:
+            raise LayoutError(
+                f"layout {layout.name!r}: group {g.name!r} has role {g.role!r}; roles are {list(ROLES)}"
+            )
         if g.stop <= g.start:
             raise LayoutError(f"layout {layout.name!r}: group {g.name!r} [{g.start}, {g.stop}) is empty")
         if g.start < 0 or g.stop > d:
@@ -252,8 +278,13 @@ def layout_from_mapping(
     real_action_dim: int,
     model_action_dim: int = MODEL_ACTION_DIM,
     delta_mask: Sequence[int] | None = None,
+    *,
+    roles: Mapping[str, str],
 ) -> GroupLayout:
-    """Build a layout from ``{group: [start, stop)}`` as written in params.yaml."""
+    """Build a layout from ``{group: [start, stop)}`` and ``{group: role}`` as written in params.yaml."""
+    unknown = sorted(set(roles) - set(groups))
+    if unknown:
+        raise LayoutError(f"layout {name!r}: roles given for groups {unknown} that the layout does not have")
     parsed = []
     for gname, span in groups.items():
         if (
@@ -262,7 +293,11 @@ def layout_from_mapping(
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in span)
         ):
             raise LayoutError(f"layout {name!r}: group {gname!r} must be [start, stop) ints, got {span!r}")
-        parsed.append(Group(str(gname), int(span[0]), int(span[1])))
+        if gname not in roles:
+            raise LayoutError(
+                f"layout {name!r}: group {gname!r} has no role (layout.roles.{gname}: one of {list(ROLES)})"
+            )
+        parsed.append(Group(str(gname), int(span[0]), int(span[1]), str(roles[gname])))
     return GroupLayout(
         name=name,
         groups=tuple(parsed),
@@ -275,22 +310,18 @@ def layout_from_mapping(
 R1PRO = GroupLayout(
     name="r1pro",
     groups=(
-        Group("base", 0, 3),
-        Group("torso", 3, 7),
-        Group("left_arm", 7, 14),
-        Group("left_gripper", 14, 15),
-        Group("right_arm", 15, 22),
-        Group("right_gripper", 22, 23),
+        Group("base", 0, 3, "base_velocity"),
+        Group("torso", 3, 7, "torso"),
+        Group("left_arm", 7, 14, "arm"),
+        Group("left_gripper", 14, 15, "gripper"),
+        Group("right_arm", 15, 22, "arm"),
+        Group("right_gripper", 22, 23, "gripper"),
     ),
     real_action_dim=23,
     delta_mask_spec=(-3, 3, -1, 7, -1, 7, -1),
 )
 
 PRESETS: dict[str, GroupLayout] = {"r1pro": R1PRO}
-
-#: Groups that count as "arm" motion for filtering, analysis and stagnation metrics.
-ARM_GROUPS = ("left_arm", "right_arm")
-BASE_GROUPS = ("base",)
 
 
 def get_layout(spec: str | GroupLayout) -> GroupLayout:

@@ -73,7 +73,7 @@ import copy
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, get_args
 
 import numpy as np
@@ -81,7 +81,7 @@ from array_api_compat import array_namespace, device, is_jax_namespace, is_torch
 
 from balanced_pi0 import config as _config
 from balanced_pi0.errors import InputError
-from balanced_pi0.groups import ARM_GROUPS, R1PRO, GroupLayout, get_layout
+from balanced_pi0.groups import R1PRO, GroupLayout, get_layout
 
 STRATEGIES: tuple[str, ...] = get_args(_config.Strategy)
 MASK_NORMALIZATIONS: tuple[str, ...] = get_args(_config.MaskNormalization)
@@ -133,17 +133,10 @@ class LossSpec:
             cfg, layout = cfg.train.loss, cfg.layout
         if isinstance(layout, _config.LayoutConfig):
             layout = layout.build()
+        # LossConfig's fields are the spec's, the layout aside: copied by name, not listed again.
+        values = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
         try:
-            return cls(
-                strategy=cfg.strategy,
-                mask_normalization=cfg.mask_normalization,
-                layout=get_layout("r1pro" if layout is None else layout),
-                group_weights=cfg.group_weights,
-                dimension_weights=cfg.dimension_weights,
-                delta_alpha=cfg.delta_alpha,
-                delta_beta=cfg.delta_beta,
-                delta_cap=cfg.delta_cap,
-            )
+            return cls(layout=get_layout("r1pro" if layout is None else layout), **values)
         except LossSpecError as e:
             raise LossSpecError(f"train.loss.{e}") from None
 
@@ -170,16 +163,16 @@ def _validate(spec: LossSpec) -> None:
         )
     layout = get_layout(spec.layout)
     group_weights = dict(spec.group_weights)
+    try:  # checks names, lengths and signs; messages name the field and the index
+        layout.weight_vector(group_weights, spec.dimension_weights)
+    except InputError as e:
+        raise LossSpecError(str(e)) from None
     if group_weights and spec.strategy not in ("per_group", "delta"):
         raise LossSpecError(f"group_weights: strategy {spec.strategy!r} does not use group weights")
     if spec.dimension_weights is not None and spec.strategy != "per_dimension":
         raise LossSpecError(f"dimension_weights: strategy {spec.strategy!r} does not use dimension weights")
     if spec.strategy == "per_dimension" and spec.dimension_weights is None:
         raise LossSpecError("dimension_weights: required when strategy is 'per_dimension'")
-    try:  # checks names, lengths and signs; messages name the field and the index
-        layout.weight_vector(group_weights, spec.dimension_weights)
-    except InputError as e:
-        raise LossSpecError(str(e)) from None
     for name in ("delta_alpha", "delta_beta", "delta_cap"):
         value = getattr(spec, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -334,19 +327,12 @@ def _seed_dimension_weights() -> list[float]:
     # The seed wrote [1]*3 + [1.5]*4 + [2.5]*14 + [2.0]*2: base, torso, both arms, both grippers,
     # with the arms as one contiguous block (the proprio-state order). In the action order each
     # arm is followed by its gripper, so the blocks are laid out per group instead.
-    per_group = {
-        "base": 1.0,
-        "torso": 1.5,
-        "left_arm": 2.5,
-        "left_gripper": 2.0,
-        "right_arm": 2.5,
-        "right_gripper": 2.0,
-    }
-    return [per_group[R1PRO.groups[i].name] for i in R1PRO.group_of_dim()]
+    per_role = {"base_velocity": 1.0, "torso": 1.5, "arm": 2.5, "gripper": 2.0}
+    return [per_role[R1PRO.groups[i].role] for i in R1PRO.group_of_dim()]
 
 
 def _arms(weight: float) -> dict[str, float]:
-    return dict.fromkeys(ARM_GROUPS, weight)
+    return dict.fromkeys(R1PRO.names_with_role("arm"), weight)
 
 
 #: Named weighting presets. Quote ``LossSpec.effective_group_weights()``, not these raw numbers.

@@ -62,6 +62,9 @@ class Pi0Config:
     max_token_len: int = 48
     image_resolution: int = 224
     vocab_size: int = PALIGEMMA_VOCAB
+    #: the prompt tokenizer the vocabulary belongs to: ``sentencepiece`` (PaliGemma's model, read from
+    #: ``model.tokenizer_path``) or ``byte`` (``tokenizer.ByteTokenizer``, no file)
+    tokenizer: str = "sentencepiece"
     cameras: tuple[str, ...] = field(default=CAMERAS)
     #: compute dtype; params stay float32
     dtype: str = "float32"
@@ -105,6 +108,7 @@ SIZES: dict[str, Pi0Config] = {
         max_token_len=48,
         image_resolution=64,
         vocab_size=BYTE_VOCAB,
+        tokenizer="byte",
     ),
 }
 

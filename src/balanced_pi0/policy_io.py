@@ -5,7 +5,8 @@ normalised numbers. What happens here follows openpi's input pipeline:
 
 - **Normalisation** is openpi's z-score ``(x − mean) / (std + 1e-6)`` with the std
   floored at ``normstats.min_std`` (near-constant dimensions such as a gripper that
-  never moves would otherwise blow up, openpi issue #814). Stats cover the real
+  never moves would otherwise blow up, openpi issue #814). The floor is applied here
+  and only here: the norm-stats files hold the data's exact std. Stats cover the real
   dimensions only; the model padding is zero. The ``per_timestep`` variant gives
   the actions a mean and std per (horizon step, dimension).
 - **Padding**: state and actions are zero-padded to the model's ``action_dim`` (32).
@@ -94,18 +95,21 @@ def load_norm_stats(path: str | Path, delta_mask: np.ndarray | None = None) -> d
     return out
 
 
+def std_scale(std: np.ndarray, min_std: float) -> np.ndarray:
+    """What a z-score divides by: the exact ``std`` floored at ``min_std``, plus openpi's ``STD_EPS``."""
+    return np.maximum(std, min_std) + STD_EPS
+
+
 def normalize(x: np.ndarray, stats: NormStats, min_std: float) -> np.ndarray:
     """z-score the leading ``stats.mean.shape`` trailing dims of ``x`` (float32 out)."""
     _check_stats_shape(x, stats, "normalize")
-    scale = np.maximum(stats.std, min_std) + STD_EPS
-    return ((x - stats.mean) / scale).astype(np.float32)
+    return ((x - stats.mean) / std_scale(stats.std, min_std)).astype(np.float32)
 
 
 def unnormalize(x: np.ndarray, stats: NormStats, min_std: float) -> np.ndarray:
     """Inverse of ``normalize``; ``x`` holds the real dims only (slice the model padding first)."""
     _check_stats_shape(x, stats, "unnormalize")
-    scale = np.maximum(stats.std, min_std) + STD_EPS
-    return (x * scale + stats.mean).astype(np.float32)
+    return (x * std_scale(stats.std, min_std) + stats.mean).astype(np.float32)
 
 
 def _check_stats_shape(x: np.ndarray, stats: NormStats, what: str) -> None:
@@ -166,12 +170,15 @@ class PolicyIO:
 
     @classmethod
     def from_params(cls, params, norm_stats_dir: str | Path = "data/norm_stats") -> PolicyIO:
-        """The pipeline's choice: ``<norm_stats_dir>/<train.norm_stats>.json``, the byte tokenizer
-        (the ``pi0`` size reads PaliGemma's SentencePiece model instead; load it and pass ``tokenize``)."""
+        """The pipeline's choice: ``<norm_stats_dir>/<train.norm_stats>.json`` and the tokenizer of
+        the model size (byte for ``tiny``; PaliGemma's SentencePiece model from ``model.tokenizer_path``
+        for ``pi0`` and ``dummy``). The tokenizer is checked first: a missing model file stops
+        ``bpi0 train``/``eval`` before the model is built."""
         from balanced_pi0.model_config import CAMERAS
-        from balanced_pi0.tokenizer import ByteTokenizer
+        from balanced_pi0.tokenizer import for_model
 
         m = params.model
+        tokenizer = for_model(m)
         delta_mask = params.layout.build().delta_mask() if params.train.delta_actions else None
         return cls(
             norm_stats=load_norm_stats(Path(norm_stats_dir) / f"{params.train.norm_stats}.json", delta_mask),
@@ -180,7 +187,7 @@ class PolicyIO:
             image_resolution=m.image_resolution,
             camera_map=camera_map(params.dataset.cameras, CAMERAS),
             model_cameras=CAMERAS,
-            tokenize=ByteTokenizer(m.max_token_len).tokenize,
+            tokenize=tokenizer.tokenize,
             delta_mask=delta_mask,
         )
 

@@ -26,7 +26,7 @@ import numpy as np
 from balanced_pi0 import config as _config
 from balanced_pi0 import io
 from balanced_pi0.errors import InputError
-from balanced_pi0.groups import ARM_GROUPS, BASE_GROUPS
+from balanced_pi0.groups import GroupLayout
 
 #: confidence level of every interval in the paper
 CI_LEVEL = 0.95
@@ -62,14 +62,15 @@ def _num(x: Any) -> float:
     return float("nan") if x is None else float(x)
 
 
-def run_metrics(eval_metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The headline numbers of one run (NaN where a metric is undefined)."""
+def run_metrics(eval_metrics: Mapping[str, Any], layout: GroupLayout) -> dict[str, float]:
+    """The headline numbers of one run (NaN where a metric is undefined); groups found by role."""
     groups = eval_metrics["offline"]["groups"]
+    arms, base = layout.names_with_role("arm"), layout.names_with_role("base_velocity")
     out = {
-        "arm_skill": float(np.mean([_num(groups[g]["skill"]) for g in ARM_GROUPS])),
+        "arm_skill": float(np.mean([_num(groups[g]["skill"]) for g in arms])),
         # ρ = 1 moves as far as the data; below 1 is stagnation, above 1 overshoot: judge |ρ − 1|
-        "arm_motion_error": float(np.mean([abs(_num(groups[g]["motion_ratio"]) - 1.0) for g in ARM_GROUPS])),
-        "base_skill": float(np.mean([_num(groups[g]["skill"]) for g in BASE_GROUPS])),
+        "arm_motion_error": float(np.mean([abs(_num(groups[g]["motion_ratio"]) - 1.0) for g in arms])),
+        "base_skill": float(np.mean([_num(groups[g]["skill"]) for g in base])),
     }
     closed = eval_metrics.get("closed_loop")
     out["success_rate"] = _num(closed["policy"]["success_rate"]) if closed else float("nan")
@@ -261,11 +262,12 @@ def collect(params: _config.Params, runs_dir: Path):
     """Per variant and seed: the headline metrics, and the closed-loop policy summary (if any)."""
     per_run: dict[str, dict[int, dict[str, float]]] = {}
     closed: dict[str, dict[int, dict[str, Any]]] = {}
+    layout = params.layout.build()  # shared by every run (a variant may not override it)
     for variant in params.ablation.variants:
         for seed in params.ablation.seeds:
             path = runs_dir / run_name(variant, seed) / "eval" / "metrics.json"
             doc = _read_json(path)
-            per_run.setdefault(variant, {})[seed] = run_metrics(doc)
+            per_run.setdefault(variant, {})[seed] = run_metrics(doc, layout)
             if doc.get("closed_loop"):
                 closed.setdefault(variant, {})[seed] = doc["closed_loop"]["policy"]
     return per_run, closed

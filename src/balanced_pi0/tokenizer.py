@@ -10,6 +10,9 @@ openpi does) when it is longer.
   ``model_config.BYTE_VOCAB``).
 - ``SentencePieceTokenizer``: PaliGemma's own SentencePiece model from a file,
   for real openpi checkpoints (``paligemma_tokenizer.model``).
+
+``for_model`` picks the one the model size was built for (``Pi0Config.tokenizer``), so
+byte ids never reach PaliGemma's 257k vocabulary.
 """
 
 from __future__ import annotations
@@ -98,3 +101,39 @@ class SentencePieceTokenizer(_Tokenizer):
 
     def _encode(self, text: str) -> list[int]:
         return self._sp.encode(text)
+
+
+def for_model(model) -> _Tokenizer:
+    """The tokenizer of a run's ``model`` params section: the one its size's vocabulary belongs to.
+
+    Raises ``InputError`` naming ``model.tokenizer_path`` when a SentencePiece size has no model
+    file, or a byte size is given one (no knob is silently ignored).
+    """
+    from balanced_pi0.model_config import get_config
+
+    config = get_config(model.size)
+    path = model.tokenizer_path
+    if config.tokenizer == "byte":
+        if path is not None:
+            raise InputError(
+                f"model.tokenizer_path: model size {model.size!r} uses the byte tokenizer and reads no "
+                f"tokenizer file; set it to null (got {path!r})"
+            )
+        return ByteTokenizer(model.max_token_len)
+    if path is None:
+        raise InputError(
+            f"model.tokenizer_path: model size {model.size!r} has PaliGemma's vocabulary and needs its "
+            "SentencePiece model (paligemma_tokenizer.model); set model.tokenizer_path to that file"
+        )
+    if not Path(path).is_file():
+        raise InputError(f"model.tokenizer_path: SentencePiece model not found: {path}")
+    try:
+        tok = SentencePieceTokenizer(path, model.max_token_len)
+    except InputError as e:
+        raise InputError(f"model.tokenizer_path: {e}") from None
+    if tok.vocab_size > config.vocab_size:
+        raise InputError(
+            f"model.tokenizer_path: {path} has {tok.vocab_size} pieces, more than model size "
+            f"{model.size!r}'s vocabulary of {config.vocab_size}"
+        )
+    return tok

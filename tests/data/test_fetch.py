@@ -43,14 +43,20 @@ def test_fetch_sim_writes_dataset_and_split(tmp_path, fake_sim):
     split = read_split(tmp_path / "data/split.json")
     assert split["num_episodes"] == 5 and sorted(split["train"] + split["val"]) == low.episodes.tolist()
     assert len(split["val"]) == 1
-    assert fake_sim[0][1] == ("head", "left_wrist", "right_wrist")
+    assert fake_sim[0][1] == ("head",)  # the default cameras, as params.yaml has them
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["dataset", "split.json"]
 
 
 def test_action_width_not_matching_layout_leaves_no_output(tmp_path, fake_sim):
     params = config.from_dict(
         {
-            "layout": {"preset": None, "groups": {"base": [0, 3], "arm": [3, 20]}, "real_action_dim": 20},
+            "layout": {
+                "preset": None,
+                "groups": {"base": [0, 3], "arm": [3, 20]},
+                "roles": {"base": "base_velocity", "arm": "arm"},
+                "real_action_dim": 20,
+                "delta_mask": [-3, 17],
+            },
             "dataset": {"sim": {"episodes": 3, "resolution": 16}},
         }
     )

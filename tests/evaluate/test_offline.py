@@ -83,13 +83,13 @@ def test_hand_computed_values():
 
 
 def test_gripper_events():
-    layout = layout_from_mapping("g", {"gripper": [0, 1]}, 1)
+    layout = layout_from_mapping("g", {"hand": [0, 1]}, 1, roles={"hand": "gripper"})  # role, not name
     true = np.array([[[1.0]], [[-1.0]], [[0.1]]])  # open, close, none relative to hold 0
     hold = np.zeros((3, 1))
     pad = np.zeros((3, 1), bool)
     pred = np.array([[[[1.0]], [[1.0]], [[0.0]]]])  # right, wrong, right
     m = offline_metrics(pred, true, hold, pad, layout)
-    assert m["groups"]["gripper"]["gripper_event_accuracy"] == pytest.approx(2 / 3)
+    assert m["groups"]["hand"]["gripper_event_accuracy"] == pytest.approx(2 / 3)
 
 
 def test_bad_shapes_and_padded_first_step():

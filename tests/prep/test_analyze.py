@@ -7,6 +7,7 @@ import pytest
 
 from balanced_pi0 import cli
 from balanced_pi0.groups import R1PRO
+from balanced_pi0.policy_io import STD_EPS
 from balanced_pi0.prep.analyze import analyze, suggested_weights
 
 from .conftest import columns, write_lerobot, write_split
@@ -37,7 +38,7 @@ def test_group_metrics_match_an_independent_computation(r1pro_episodes):
     data = columns(r1pro_episodes)
     metrics, _ = analyze(data, R1PRO, bins=10, max_weight=5.0, min_std=0.01, min_base_motion=0.05)
     a64 = [ep.astype(np.float64) for ep in r1pro_episodes]
-    std = np.maximum(np.concatenate(a64).std(axis=0), 0.01)
+    std = np.maximum(np.concatenate(a64).std(axis=0), 0.01) + STD_EPS  # what policy_io divides by
     for g, (lo, hi) in SPANS.items():
         for unit, scale in (("raw", np.ones(23)), ("normalised", std)):
             m = metrics["groups"][g][unit]

@@ -61,9 +61,18 @@ def test_dataset_motion_splits_at_episode_boundaries():
 def test_layout_that_does_not_fit_the_data_is_named():
     with pytest.raises(LayoutError, match=r"real_action_dim 23 but action has 14 dims"):
         check_motion_layout(R1PRO, 14)
-    no_base = layout_from_mapping("armonly", {"left_arm": [0, 7], "right_arm": [7, 14]}, 14)
-    with pytest.raises(LayoutError, match="no group 'base'"):
+    no_base = layout_from_mapping(
+        "armonly", {"left_arm": [0, 7], "base": [7, 14]}, 14, roles={"left_arm": "arm", "base": "arm"}
+    )
+    with pytest.raises(
+        LayoutError, match="no group of role 'base_velocity'"
+    ):  # the role counts, not the name
         check_motion_layout(no_base, 14)
+    flat_base = layout_from_mapping(
+        "flat", {"drive": [0, 2], "arm": [2, 14]}, 14, roles={"drive": "base_velocity", "arm": "arm"}
+    )
+    with pytest.raises(LayoutError, match=r"group 'drive' of role 'base_velocity' must be \(vx, vy, wz\)"):
+        check_motion_layout(flat_base, 14)
 
 
 def test_base_travel_reads_three_dims_from_start():

@@ -1,4 +1,4 @@
-"""Norm statistics: exact moments, global quantiles within (max − min)/10⁴, floors, variants."""
+"""Norm statistics: exact moments, global quantiles within (max − min)/10⁴, no floor, variants."""
 
 import json
 
@@ -63,15 +63,22 @@ def test_per_episode_constant_dimension_lerobot_is_wrong_ours_is_right(tmp_path)
     _check_against_numpy(ours, x)
 
 
-def test_floor_keeps_near_constant_dimensions_finite():
-    x = np.stack([np.zeros(100), np.linspace(-1, 1, 100), np.full(100, 3.0) + 1e-6 * np.arange(100)], axis=1)
-    stats = ns.feature_stats(ns.column_blocks(x), bins=BINS)
-    floored, where = ns.floor_scale(stats, 0.01)
-    assert where == {"std": [0, 2], "q01_q99": [0, 2]}
-    np.testing.assert_allclose(floored.std[[0, 2]], 0.01)
-    assert floored.std[1] == stats.std[1]
-    np.testing.assert_allclose(floored.q99 - floored.q01, [0.02, stats.q99[1] - stats.q01[1], 0.02])
-    np.testing.assert_allclose((floored.q01 + floored.q99) / 2, (stats.q01 + stats.q99) / 2)
+def test_files_hold_exact_statistics_of_near_constant_dimensions():
+    """No floor in the file: a dim of std 0.0096 stores 0.0096 (normalisation floors it, policy_io)."""
+    rng = np.random.default_rng(11)
+    near = rng.normal(size=400)
+    near = 0.0096 * (near - near.mean()) / near.std()
+    eps = [np.stack([np.zeros(100), np.linspace(-1, 1, 100), near[i::4]], axis=1) for i in range(4)]
+    data = columns(eps)
+    doc = ns.compute_variants(data, ["standard"], layout=R1PRO, bins=BINS, min_std=0.01, horizon=2)[
+        "standard"
+    ]
+    x = data.action.astype(np.float64)  # the stored (float32) values
+    actions = doc["norm_stats"]["actions"]
+    np.testing.assert_allclose(actions["std"], x.std(axis=0), rtol=1e-10, atol=1e-12)
+    assert actions["std"][0] == 0.0 and actions["std"][2] == pytest.approx(0.0096, rel=1e-6)
+    np.testing.assert_allclose(actions["q01"], np.quantile(x, 0.01, axis=0), atol=(x.max() - x.min()) / BINS)
+    assert doc["below_min_std"]["actions"] == [0, 2]
 
 
 def test_balanced_variant_reproduces_the_seed_formula():
@@ -167,8 +174,8 @@ def test_documents_use_openpi_layout_and_list_floors():
         assert set(doc["norm_stats"]) == {"state", "actions"}
         for key in ("mean", "std", "q01", "q99"):
             assert len(doc["norm_stats"]["state"][key]) == 23
-        assert 22 in doc["floored"]["state"]["std"]
+        assert 22 in doc["below_min_std"]["state"]
         assert doc["variant"] == variant
     assert np.shape(docs["per_timestep"]["norm_stats"]["actions"]["mean"]) == (4, 23)
-    assert [3, 22] in docs["per_timestep"]["floored"]["actions"]["std"]
+    assert [3, 22] in docs["per_timestep"]["below_min_std"]["actions"]
     assert docs["standard"]["norm_stats"]["state"] == docs["balanced"]["norm_stats"]["state"]

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from balanced_pi0.errors import InputError
-from balanced_pi0.groups import ARM_GROUPS, GroupLayout
+from balanced_pi0.groups import Group, GroupLayout
 
 #: An arm whose joints move less than this (rad per control step, all arm joints) is idle.
 ARM_IDLE_THRESHOLD = 1e-3
@@ -188,11 +188,10 @@ def outcome(r: Rollout, layout: GroupLayout) -> str | None:
     arrived = np.flatnonzero(r.progress["in_reach"])
     if len(arrived) == 0:
         return "base_not_arrived"
-    named = ARM_GROUPS[int(r.progress["hand"][0])]
-    other = ARM_GROUPS[1 - int(r.progress["hand"][0])]
+    arms = layout.with_role("arm")  # the sim's hand 0 / 1: the layout's first / second arm
+    named, other = arms[int(r.progress["hand"][0])], arms[1 - int(r.progress["hand"][0])]
 
-    def path(group: str) -> float:
-        g = layout.group(group)
+    def path(g: Group) -> float:
         return float(np.abs(np.diff(r.states[arrived[0] :, g.start : g.stop], axis=0)).sum())
 
     if path(named) < ARM_REACH_PATH:
@@ -213,10 +212,10 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
 
 def motion(r: Rollout, layout: GroupLayout, fps: float) -> dict[str, float]:
     """Base distance (Σ‖v_xy‖·dt from the measured base velocity) and arm path length (rad)."""
-    base = layout.group("base")
+    base = layout.with_role("base_velocity")[0]
     v_xy = r.states[1:, base.start : base.start + 2]
     base_dist = float(np.linalg.norm(v_xy, axis=-1).sum() / fps)
-    arm_dims = np.concatenate([np.asarray(layout.group(g).indices) for g in ARM_GROUPS])
+    arm_dims = np.concatenate([np.asarray(g.indices) for g in layout.with_role("arm")])
     dq = np.diff(r.states[:, arm_dims], axis=0)
     return {"base_distance": base_dist, "arm_path": float(np.linalg.norm(dq, axis=-1).sum())}
 
@@ -227,8 +226,7 @@ def idle_arm_steps(r: Rollout, layout: GroupLayout) -> tuple[int, int]:
     if unfinished == 0:
         return 0, 0
     idle = np.ones(unfinished, bool)
-    for g in ARM_GROUPS:
-        grp = layout.group(g)
+    for grp in layout.with_role("arm"):
         dq = np.diff(r.states[: unfinished + 1, grp.start : grp.stop], axis=0)
         idle &= np.abs(dq).max(axis=-1) < ARM_IDLE_THRESHOLD
     return int(idle.sum()), int(unfinished)

@@ -142,7 +142,7 @@ def offline_metrics(
     out: dict[str, Any] = {"groups": {}}
     for g in layout.groups:
         dims = np.arange(g.start, g.stop)
-        out["groups"][g.name] = group_metrics(pred, true, hold, pad, dims, gripper="gripper" in g.name)
+        out["groups"][g.name] = group_metrics(pred, true, hold, pad, dims, gripper=g.role == "gripper")
     out["overall"] = group_metrics(pred, true, hold, pad, np.arange(layout.real_action_dim))
     out["num_chunks"] = int(true.shape[0])
     out["num_flow_samples"] = int(pred.shape[0])

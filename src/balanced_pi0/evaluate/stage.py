@@ -20,7 +20,7 @@ from balanced_pi0 import config as _config
 from balanced_pi0 import io
 from balanced_pi0.errors import InputError
 from balanced_pi0.evaluate import closed_loop, offline
-from balanced_pi0.groups import BASE_GROUPS, GroupLayout
+from balanced_pi0.groups import GroupLayout
 
 #: the noise of flow sample s of chunk batch b is drawn from SeedSequence((EVAL_NOISE_KEY, seed, b, s))
 EVAL_NOISE_KEY = 0xE7A1
@@ -38,8 +38,7 @@ def hold_actions(state: np.ndarray, layout: GroupLayout, action_width: int) -> n
             "state in the action layout"
         )
     hold = np.array(state[..., :action_width], dtype=np.float64)
-    for name in BASE_GROUPS:
-        g = layout.group(name)
+    for g in layout.with_role("base_velocity"):
         hold[..., g.start : g.stop] = 0.0
     return hold
 

@@ -2,7 +2,7 @@
 
 On the training episodes, per group of the layout, in raw units and in normalised
 units (the ``standard`` norm stats' z-score: each dimension divided by its training
-std, floored at ``normstats.min_std``; values are also centred on the mean):
+std, floored at ``normstats.min_std`` as ``policy_io`` does; values are also centred on the mean):
 
 - ``values``: every action value of the group;
 - ``step_change``: ``‖a[t+1,g] − a[t,g]‖`` over the steps inside episodes;
@@ -30,9 +30,10 @@ import numpy as np
 from tqdm import tqdm
 
 from balanced_pi0 import io
-from balanced_pi0.groups import ARM_GROUPS, BASE_GROUPS, GroupLayout
+from balanced_pi0.groups import Group, GroupLayout
+from balanced_pi0.policy_io import std_scale
 from balanced_pi0.prep.motion import EpisodeMotion, check_motion_layout, dataset_motion, step_changes
-from balanced_pi0.prep.normstats import column_blocks, feature_stats, floor_scale
+from balanced_pi0.prep.normstats import column_blocks, feature_stats
 
 WEIGHT_RULE = (
     "m_g = mean over training steps of ||Δa_g|| / sqrt(|g|) in normalised units (per-dimension RMS "
@@ -73,10 +74,10 @@ def _episode_changes(data, action: np.ndarray, start: int, stop: int) -> np.ndar
     return np.concatenate([step_changes(action[s:e], start, stop) for s, e in spans])
 
 
-def _motion_of(motions: list[EpisodeMotion], group: str) -> np.ndarray:
-    if group in BASE_GROUPS:
+def _motion_of(motions: list[EpisodeMotion], group: Group) -> np.ndarray:
+    if group.role == "base_velocity":
         return np.array([m.base_distance for m in motions])
-    return np.array([m.path_length[group] for m in motions])
+    return np.array([m.path_length[group.name] for m in motions])
 
 
 def suggested_weights(step_rms: dict[str, float], layout: GroupLayout, max_weight: float) -> dict[str, float]:
@@ -101,7 +102,7 @@ def _group_metrics(data, layout: GroupLayout, units: dict, motions: dict, bins: 
             groups[g.name][u] = {
                 "values": summary(units[u][:, g.start : g.stop], bins),
                 "step_change": summary(changes, bins),
-                "motion": summary(_motion_of(motions[u], g.name), bins),
+                "motion": summary(_motion_of(motions[u], g), bins),
             }
         normalised = _episode_changes(data, units["normalised"], g.start, g.stop)
         step_rms[g.name] = float(normalised.mean() / np.sqrt(g.size)) if normalised.size else 0.0
@@ -113,7 +114,7 @@ def activity(data, layout: GroupLayout, normalised: np.ndarray) -> dict:
     action = np.asarray(data.action, dtype=np.float64)
     moving, change = {}, {}
     for g in layout.groups:
-        if g.name in BASE_GROUPS:  # a velocity command: moving is a non-zero command
+        if g.role == "base_velocity":  # a velocity command: moving is a non-zero command
             per_step = np.abs(action[:, g.start : g.stop]).max(axis=1)
         else:
             per_step = np.concatenate(
@@ -135,7 +136,7 @@ def activity(data, layout: GroupLayout, normalised: np.ndarray) -> dict:
 
 def _any_moving_share(data, layout: GroupLayout, action: np.ndarray) -> float:
     """Share of steps in which any arm group moves (the arms' duty cycle)."""
-    idx = np.concatenate([np.asarray(layout.group(g).indices) for g in ARM_GROUPS])
+    idx = np.concatenate([np.asarray(g.indices) for g in layout.with_role("arm")])
     steps = [
         np.abs(np.diff(action[s:e][:, idx], axis=0)).max(axis=1) > MOVING_THRESHOLD
         for s, e in zip(data.ep_start, data.ep_stop, strict=True)
@@ -151,11 +152,12 @@ def analyze(
     check_motion_layout(layout, data.action.shape[1])
     action = np.asarray(data.action, dtype=np.float64)
     # the standard norm stats' z-score, so "normalised" means what training will see
-    stats, _ = floor_scale(feature_stats(column_blocks(action), bins=10_000, desc="actions"), min_std)
-    units = {"raw": action, "normalised": (action - stats.mean) / stats.std}
+    stats = feature_stats(column_blocks(action), bins=10_000, desc="actions")
+    scale = std_scale(stats.std, min_std)
+    units = {"raw": action, "normalised": (action - stats.mean) / scale}
     motions = {
         "raw": dataset_motion(data, layout, action),
-        "normalised": dataset_motion(data, layout, action / stats.std),
+        "normalised": dataset_motion(data, layout, action / scale),
     }
     groups, step_rms = _group_metrics(data, layout, units, motions, bins)
     raw = motions["raw"]
@@ -222,13 +224,13 @@ def histogram_figure(groups: dict, unit: str):
     return fig
 
 
-def scatter_figure(motions: list[EpisodeMotion]):
+def scatter_figure(motions: list[EpisodeMotion], layout: GroupLayout):
     fig = io.new_figure(5.0, 4.0)
     ax = fig.subplots()
     ax.scatter([m.base_distance for m in motions], [m.arm_motion for m in motions], s=12)
     ax.set_xlabel("base distance travelled per episode (m)")
     ax.set_ylabel("arm path length per episode (rad)")
-    ax.set_title(f"Per training episode: {' + '.join(ARM_GROUPS)} vs base", fontsize=10)
+    ax.set_title(f"Per training episode: {' + '.join(layout.names_with_role('arm'))} vs base", fontsize=10)
     return fig
 
 
@@ -245,7 +247,7 @@ def run(params, dataset: str = "data/dataset", split: str = "data/split.json", o
         min_base_motion=params.filter.min_base_motion,
     )
     figures = {f"histograms_{u}.png": histogram_figure(metrics["groups"], u) for u in UNITS}
-    figures["motion_scatter.png"] = scatter_figure(motions["raw"])
+    figures["motion_scatter.png"] = scatter_figure(motions["raw"], layout)
     histograms = split_histograms(metrics)
     out = Path(out)
     io.write_json(out / "metrics.json", metrics)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from balanced_pi0.groups import ARM_GROUPS, BASE_GROUPS, GroupLayout, LayoutError
+from balanced_pi0.groups import GroupLayout, LayoutError
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,19 @@ def check_layout_width(layout: GroupLayout, action_dim: int, *, source: str = "a
 
 
 def check_motion_layout(layout: GroupLayout, action_dim: int, *, source: str = "action") -> None:
-    """The layout must tile the data's action and name a 3-D (vx, vy, wz) base and the arm groups."""
+    """The layout must tile the data's action and have a 3-D (vx, vy, wz) base and arm groups (by role)."""
     check_layout_width(layout, action_dim, source=source)
-    for name in (*BASE_GROUPS, *ARM_GROUPS):
-        layout.group(name)  # raises naming the missing group
-    for name in BASE_GROUPS:
-        if layout.group(name).size != 3:
+    for role in ("base_velocity", "arm"):
+        if not layout.with_role(role):
             raise LayoutError(
-                f"layout {layout.name!r}: group {name!r} must be (vx, vy, wz), 3 dims, got "
-                f"{layout.group(name).size}"
+                f"layout {layout.name!r}: no group of role {role!r}; motion needs a base and arms "
+                f"(roles: {dict((g.name, g.role) for g in layout.groups)})"
+            )
+    for g in layout.with_role("base_velocity"):
+        if g.size != 3:
+            raise LayoutError(
+                f"layout {layout.name!r}: group {g.name!r} of role 'base_velocity' must be (vx, vy, wz), "
+                f"3 dims, got {g.size}"
             )
 
 
@@ -73,8 +77,8 @@ def episode_motion(episode: int, action: np.ndarray, layout: GroupLayout, fps: f
     """Motion of every group in one episode's ``action [T, D]``."""
     path = {g.name: float(step_changes(action, g.start, g.stop).sum()) for g in layout.groups}
     distance, yaw = 0.0, 0.0
-    for name in BASE_GROUPS:
-        d, y = base_travel(action, layout.group(name).start, fps)
+    for g in layout.with_role("base_velocity"):
+        d, y = base_travel(action, g.start, fps)
         distance, yaw = distance + d, yaw + y
     return EpisodeMotion(
         episode=int(episode),
@@ -82,7 +86,7 @@ def episode_motion(episode: int, action: np.ndarray, layout: GroupLayout, fps: f
         path_length=path,
         base_distance=distance,
         base_yaw=yaw,
-        arm_motion=float(sum(path[name] for name in ARM_GROUPS)),
+        arm_motion=float(sum(path[g.name] for g in layout.with_role("arm"))),
     )
 
 

@@ -13,9 +13,10 @@ Exact where it can be, bounded where it cannot:
   the error is at most ``(max − min) / bins`` (params require ``bins ≥ 10⁴``).
   Memory is ``bins × dims`` counts whatever the dataset length.
 
-Near-constant dimensions would blow up normalisation (openpi issue #814): ``std``
-is floored at ``min_std`` and ``q99 − q01`` widened to at least ``2·min_std``
-about its midpoint; each file lists the floored dimensions.
+The files hold these exact statistics, nothing floored. Near-constant dimensions
+would blow up normalisation (openpi issue #814), so ``policy_io`` floors the std
+at ``min_std`` when it normalises, in one place; each file lists the dimensions
+whose std lies below that floor (``below_min_std``).
 
 Variants (one file each, ``<out>/<variant>.json``, openpi's ``norm_stats.json``
 layout ``{"norm_stats": {"state": {...}, "actions": {...}}}``):
@@ -203,22 +204,12 @@ def delta_blocks(data, spans: list[tuple[int, int]], h: int, mask: np.ndarray):
 
 
 # --------------------------------------------------------------------------------------
-# Variants and the scale floor
+# Variants
 # --------------------------------------------------------------------------------------
-def floor_scale(stats: FeatureStats, min_std: float) -> tuple[FeatureStats, dict]:
-    """Floor ``std`` at ``min_std`` and widen ``q99 − q01`` to ``2·min_std`` (openpi issue #814)."""
-    std = np.maximum(stats.std, min_std)
-    narrow = (stats.q99 - stats.q01) < 2 * min_std
-    mid = (stats.q01 + stats.q99) / 2
-    q01 = np.where(narrow, mid - min_std, stats.q01)
-    q99 = np.where(narrow, mid + min_std, stats.q99)
-    floored = {
-        "std": np.argwhere(stats.std < min_std).tolist(),
-        "q01_q99": np.argwhere(narrow).tolist(),
-    }
-    if stats.std.ndim == 1:  # plain dimension indices rather than 1-element lists
-        floored = {k: [i[0] for i in v] for k, v in floored.items()}
-    return replace(stats, std=std, q01=q01, q99=q99), floored
+def below_min_std(stats: FeatureStats, min_std: float) -> list:
+    """Indices whose std lies below ``min_std``: the dims normalisation floors (``[h, d]`` per timestep)."""
+    where = np.argwhere(stats.std < min_std).tolist()
+    return [i[0] for i in where] if stats.std.ndim == 1 else where
 
 
 def balance_groups(actions: FeatureStats, layout: GroupLayout) -> tuple[FeatureStats, dict]:
@@ -298,8 +289,8 @@ NOTES = {
     "quantiles": "global q01/q99 over all training frames (numpy 'linear' definition), from a "
     "two-pass histogram; error <= (max - min) / bins",
     "std": "population std (ddof=0)",
-    "floor": "std floored at min_std and q99 - q01 widened to >= 2*min_std about its midpoint, so "
-    "near-constant dimensions do not blow up normalisation (openpi issue #814); see 'floored'",
+    "floor": "exact statistics, nothing floored; normalisation floors std at min_std so that "
+    "near-constant dimensions do not blow up (openpi issue #814); 'below_min_std' lists those dims",
 }
 
 
@@ -344,15 +335,13 @@ def compute_variants(data, variants, *, layout: GroupLayout, bins: int, min_std:
 
 
 def _document(variant, state, actions, min_std, notes, extra, data, bins) -> dict:
-    state, state_floor = floor_scale(state, min_std)
-    actions, action_floor = floor_scale(actions, min_std)
     return {
         "norm_stats": {"state": state.to_json(), "actions": actions.to_json()},
         "variant": variant,
         "episodes": len(data.episodes),
         "min_std": min_std,
         "bins": bins,
-        "floored": {"state": state_floor, "actions": action_floor},
+        "below_min_std": {"state": below_min_std(state, min_std), "actions": below_min_std(actions, min_std)},
         "notes": notes,
         **extra,
     }

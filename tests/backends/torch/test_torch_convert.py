@@ -23,8 +23,9 @@ from balanced_pi0.backends.torch.pi0 import Pi0
 from balanced_pi0.errors import InputError
 from balanced_pi0.model_config import SIZES
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-FULL_SHAPES = REPO_ROOT / ".." / "shared" / "fixtures" / "openpi_pi0_oracle" / "pi0_full_param_shapes.json"
+FULL_SHAPES = (
+    Path(__file__).resolve().parents[2] / "fixtures" / "openpi_pi0_oracle" / "pi0_full_param_shapes.json"
+)
 TINY = SIZES["tiny"]
 
 

@@ -17,8 +17,7 @@ from balanced_pi0.errors import InputError
 from balanced_pi0.flow import Observation, make_attn_mask
 from balanced_pi0.model_config import SIZES, Pi0Config
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-FIXTURE_DIR = REPO_ROOT / ".." / "shared" / "fixtures" / "openpi_pi0_oracle"
+FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "openpi_pi0_oracle"
 FIXTURES = sorted(FIXTURE_DIR.glob("*.npz"))
 TOL = 1e-5  # the fixture's bound: openpi's own jit and eager runs differ by ~6e-6
 
