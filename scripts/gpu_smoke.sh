@@ -53,6 +53,8 @@ from balanced_pi0.model_config import SIZES
 backend_name, size, steps, batch_size, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
 cfg = SIZES[size]
 params = config.from_dict({
+    # openpi's three image inputs (base and both wrists), as its checkpoints take them
+    "dataset": {"cameras": ["head", "left_wrist", "right_wrist"]},
     "model": {
         "size": size,
         "action_horizon": cfg.action_horizon,

@@ -119,7 +119,11 @@ def test_from_params_builds_the_model_batch_of_a_loader_batch(tmp_path):
     s_state, s_act = stats(D, 0), stats((10, D), 1)
     write_stats(tmp_path / "per_timestep.json", s_state, s_act)
     params = _config.from_dict(
-        {"train": {"norm_stats": "per_timestep"}, "dataset": {"cameras": ["head", "left_wrist"]}}
+        {
+            "train": {"norm_stats": "per_timestep"},
+            "dataset": {"cameras": ["head", "left_wrist"]},
+            "model": {"empty_cameras": 1},
+        }
     )
     io = PolicyIO.from_params(params, tmp_path)
     rng = np.random.default_rng(0)
@@ -141,6 +145,14 @@ def test_from_params_builds_the_model_batch_of_a_loader_batch(tmp_path):
     np.testing.assert_allclose(
         io.robot_actions(out["actions"], batch["state"]), batch["actions"], rtol=1e-5, atol=1e-5
     )
+
+
+def test_the_model_takes_the_dataset_cameras_and_the_empty_ones(tmp_path):
+    write_stats(tmp_path / "standard.json", stats(D, 0), stats(D, 1))
+    params = _config.from_dict({"dataset": {"cameras": ["head"]}, "model": {"empty_cameras": 0}})
+    assert PolicyIO.from_params(params, tmp_path).model_cameras == ("base_0_rgb",)
+    with pytest.raises(_config.ConfigError, match=r"model\.empty_cameras \(3\): pi0 has 3 image inputs"):
+        _config.from_dict({"dataset": {"cameras": ["head"]}, "model": {"empty_cameras": 3}})
 
 
 def test_more_dataset_cameras_than_model_inputs_is_an_error():

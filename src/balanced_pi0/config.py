@@ -21,6 +21,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_vali
 from pydantic.dataclasses import dataclass
 
 from balanced_pi0 import groups as _groups
+from balanced_pi0 import model_config as _model_config
 from balanced_pi0.errors import InputError
 
 _STRICT = ConfigDict(extra="forbid")
@@ -167,6 +168,10 @@ class ModelConfig:
     #: PaliGemma's SentencePiece model (``paligemma_tokenizer.model``) for the sizes with its
     #: vocabulary (``pi0``, ``dummy``); null for ``tiny``, whose byte tokenizer needs no file
     tokenizer_path: str | None = None
+    #: image inputs beyond the dataset's cameras, fed as masked-out blanks (LeRobot's pi0
+    #: ``empty_cameras``). A masked image is no key for any token, so blanks change nothing the model
+    #: computes but its cost; openpi's checkpoints always take 3 (base and both wrists).
+    empty_cameras: int = Field(0, ge=0)
 
 
 Strategy = Literal["uniform", "per_group", "per_dimension", "delta"]
@@ -329,6 +334,12 @@ class Params:
         unknown = sorted(named - set(self.ablation.variants))
         if unknown:
             raise ValueError(f"report: variants {unknown} are not in ablation.variants")
+        n_cameras = len(self.dataset.cameras) + self.model.empty_cameras
+        if n_cameras > len(_model_config.CAMERAS):
+            raise ValueError(
+                f"dataset.cameras ({len(self.dataset.cameras)}) + model.empty_cameras "
+                f"({self.model.empty_cameras}): pi0 has {len(_model_config.CAMERAS)} image inputs"
+            )
         if layout.real_action_dim > self.model.action_dim:
             raise ValueError(
                 f"model.action_dim {self.model.action_dim} < layout real_action_dim {layout.real_action_dim}"

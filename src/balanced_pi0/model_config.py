@@ -121,8 +121,15 @@ def get_config(size: str, **overrides) -> Pi0Config:
     return replace(cfg, **overrides)
 
 
-def from_params(model) -> Pi0Config:
-    """The architecture a run's ``model`` params section asks for (both backends build from this)."""
+def image_inputs(params) -> tuple[str, ...]:
+    """The model's image inputs for a run: one per dataset camera, in order (``head`` →
+    ``base_0_rgb``, ``left_wrist`` → ``left_wrist_0_rgb``, …), then ``model.empty_cameras`` blanks."""
+    return CAMERAS[: len(params.dataset.cameras) + params.model.empty_cameras]
+
+
+def from_params(params) -> Pi0Config:
+    """The architecture a run's params ask for (both backends build from this)."""
+    model = params.model
     return get_config(
         model.size,
         action_horizon=model.action_horizon,
@@ -130,4 +137,5 @@ def from_params(model) -> Pi0Config:
         max_token_len=model.max_token_len,
         image_resolution=model.image_resolution,
         dtype=model.dtype,
+        cameras=image_inputs(params),
     )

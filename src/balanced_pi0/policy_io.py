@@ -174,7 +174,7 @@ class PolicyIO:
         the model size (byte for ``tiny``; PaliGemma's SentencePiece model from ``model.tokenizer_path``
         for ``pi0`` and ``dummy``). The tokenizer is checked first: a missing model file stops
         ``bpi0 train``/``eval`` before the model is built."""
-        from balanced_pi0.model_config import CAMERAS
+        from balanced_pi0.model_config import image_inputs
         from balanced_pi0.tokenizer import for_model
 
         m = params.model
@@ -185,8 +185,8 @@ class PolicyIO:
             min_std=params.normstats.min_std,
             action_dim=m.action_dim,
             image_resolution=m.image_resolution,
-            camera_map=camera_map(params.dataset.cameras, CAMERAS),
-            model_cameras=CAMERAS,
+            camera_map=camera_map(params.dataset.cameras, image_inputs(params)),
+            model_cameras=image_inputs(params),
             tokenize=tokenizer.tokenize,
             delta_mask=delta_mask,
         )

@@ -158,7 +158,7 @@ class Backend:
         fsdp_min_bytes: int = FSDP_MIN_BYTES,
     ):
         init_distributed()
-        self.model_config = model_config.from_params(params.model)
+        self.model_config = model_config.from_params(params)
         self.seed = params.train.seed
         self.opt = params.train.optimizer
         self.spec = LossSpec.from_config(params)

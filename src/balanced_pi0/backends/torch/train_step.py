@@ -45,7 +45,7 @@ class Backend:
     name = "torch"
 
     def __init__(self, params: _config.Params, model_api: ModelApi | None = None, device: str = "cpu"):
-        self.model_config = model_config.from_params(params.model)
+        self.model_config = model_config.from_params(params)
         self.seed = params.train.seed
         self.opt = params.train.optimizer
         self.spec = LossSpec.from_config(params)
