@@ -286,11 +286,28 @@ R1PRO = GroupLayout(
     delta_mask_spec=(-3, 3, -1, 7, -1, 7, -1),
 )
 
-PRESETS: dict[str, GroupLayout] = {"r1pro": R1PRO}
+#: Meta-World's Sawyer (one arm, end-effector control): an xyz delta of the end effector (1 = 1 cm
+#: per step, clipped to [-1, 1]) and a grip effort in [-1, 1] (+1 closes). Both are commands, not
+#: positions, so holding still is a zero action.
+METAWORLD = GroupLayout(
+    name="metaworld",
+    groups=(Group("arm", 0, 3), Group("gripper", 3, 4)),
+    real_action_dim=4,
+)
+
+PRESETS: dict[str, GroupLayout] = {"r1pro": R1PRO, "metaworld": METAWORLD}
 
 #: Groups that count as "arm" motion for filtering, analysis and stagnation metrics.
 ARM_GROUPS = ("left_arm", "right_arm")
 BASE_GROUPS = ("base",)
+#: Single-arm layouts (Meta-World): the arm, and the groups whose "hold still" action is zero.
+SINGLE_ARM_GROUPS = ("arm",)
+ZERO_HOLD_GROUPS = (*BASE_GROUPS, *METAWORLD.group_names)
+
+
+def arm_groups(layout: GroupLayout) -> tuple[str, ...]:
+    """The arm groups ``layout`` has: R1Pro's two arms, or a single-arm layout's one."""
+    return tuple(n for n in layout.group_names if n in (*ARM_GROUPS, *SINGLE_ARM_GROUPS))
 
 
 def get_layout(spec: str | GroupLayout) -> GroupLayout:
