@@ -119,3 +119,13 @@ def test_a_delta_mask_must_cover_the_layout():
     ]
     with pytest.raises(LayoutError, match="defines no delta-action mask"):
         layout_from_mapping("x", {"a": [0, 3]}, 3).delta_mask()
+
+
+def test_metaworld_preset_is_an_end_effector_delta_and_a_gripper():
+    from balanced_pi0.groups import METAWORLD, arm_groups, get_layout
+
+    layout = get_layout("metaworld")
+    assert layout is METAWORLD and layout.real_action_dim == 4
+    assert layout.to_dict()["groups"] == {"arm": [0, 3], "gripper": [3, 4]}
+    assert arm_groups(layout) == ("arm",)
+    assert arm_groups(get_layout("r1pro")) == ("left_arm", "right_arm")
