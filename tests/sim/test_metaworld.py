@@ -77,7 +77,8 @@ def test_pipeline_at_toy_scale(tmp_path):
     params["dataset"]["metaworld"].update({"episodes": 3, "resolution": 16, "max_steps": 100})
     params["dataset"]["split"]["val_fraction"] = 0.34
     params["model"]["image_resolution"] = 16
-    params["train"].update({"batch_size": 2, "checkpoint_every": 2, "log_every": 1})
+    # the PyTorch backend: no XLA compilation, which took most of this test with JAX (~45 of ~90 s)
+    params["train"].update({"backend": "torch", "batch_size": 2, "checkpoint_every": 2, "log_every": 1})
     params["train"]["curriculum"] = [{"steps": 2, "episodes": "train"}]
     params["train"]["optimizer"].update({"warmup_steps": 1, "decay_steps": 2})
     params["eval"].update(
