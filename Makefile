@@ -6,7 +6,7 @@ export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: bootstrap repro test test-slow test-all lint format bench
+.PHONY: bootstrap repro metaworld test test-slow test-all lint format bench
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -14,6 +14,10 @@ bootstrap:
 ## Run the whole pipeline on the embedded default (dvc repro, the run matrix on every core).
 repro: bootstrap
 	@scripts/repro.sh
+
+## The Meta-World experiment (experiments/metaworld.yaml): its own pipeline, not part of `make repro`.
+metaworld: bootstrap
+	cd experiments/metaworld && $(RUN) dvc repro
 
 ## Fast tests (the default CI run). Slow tests: `make test-slow`.
 test: bootstrap

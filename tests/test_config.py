@@ -42,7 +42,7 @@ def test_sections_are_frozen():
         ({"train": {"batch_size": 0}}, r"train\.batch_size: Input should be greater than 0"),
         (
             {"dataset": {"source": "ftp:foo"}},
-            r"dataset\.source: expected 'sim', 'hub:<repo_id>' or 'b1k:<path>'",
+            r"dataset\.source: expected 'sim', 'hub:<repo_id>', 'b1k:<path>' or 'metaworld:<task>\[,<task>\.\.\.\]'",
         ),
         ({"train": {"loss": {"group_weights": {"arm": 2}}}}, r"unknown group\(s\) \['arm'\]"),
         (

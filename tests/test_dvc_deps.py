@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import os
 from pathlib import Path
 
 import pytest
@@ -107,8 +108,18 @@ def stage_code(stage_cmd: str) -> set[Path]:
     return closure(["balanced_pi0.cli", target.split(":")[0]])
 
 
+#: every pipeline file, and the prefix of its stages' names here
+PIPELINES = {"": ROOT / "dvc.yaml", "metaworld/": ROOT / "experiments/metaworld/dvc.yaml"}
+
+
 def dvc_stages() -> dict[str, dict]:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    """Stages of every pipeline, their deps as paths from the repository root."""
+    out = {}
+    for prefix, path in PIPELINES.items():
+        for name, spec in yaml.safe_load(path.read_text())["stages"].items():
+            deps = [os.path.normpath(path.parent.relative_to(ROOT) / d) for d in spec.get("deps", [])]
+            out[prefix + name] = {**spec, "deps": deps}
+    return out
 
 
 def _covers(dep: str, path: Path) -> bool:

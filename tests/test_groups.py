@@ -139,3 +139,16 @@ def test_a_delta_mask_must_cover_the_layout():
     ]
     with pytest.raises(LayoutError, match="defines no delta-action mask"):
         layout_from_mapping("x", {"a": [0, 3]}, 3, roles={"a": "arm"}).delta_mask()
+
+
+def test_metaworld_preset_is_an_end_effector_delta_and_a_gripper():
+    from balanced_pi0.groups import METAWORLD, R1PRO, get_layout
+
+    layout = get_layout("metaworld")
+    assert layout is METAWORLD and layout.real_action_dim == 4
+    assert layout.to_dict()["groups"] == {"arm": [0, 3], "gripper": [3, 4]}
+    assert layout.names_with_role("arm") == ("arm",)
+    assert R1PRO.names_with_role("arm") == ("left_arm", "right_arm")
+    # commands hold still at zero; R1Pro's joint targets hold the current state, its base velocity zero
+    assert all(g.holds_at_zero for g in layout.groups)
+    assert [g.name for g in R1PRO.groups if g.holds_at_zero] == ["base"]

@@ -58,7 +58,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "fetch",
-        "write the LeRobot v3.0 dataset from dataset.source (sim, hub:<repo_id>, b1k:<path>) and split.json",
+        "write the LeRobot v3.0 dataset from dataset.source (sim, hub:, b1k:, metaworld:<tasks>) and split.json",
         "balanced_pi0.data.fetch:fetch",
         (
             Opt("--out", "data/dataset", "LeRobot v3.0 dataset root to write"),

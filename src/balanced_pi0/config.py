@@ -98,8 +98,20 @@ class B1KConfig:
 
 
 @section
+class MetaWorldConfig:
+    """``metaworld:<task>[,<task>...]`` only: episodes of Meta-World's scripted experts."""
+
+    episodes: int = Field(40, gt=0)
+    seed: int = 0
+    #: side of the square camera images (the tiny model reads 32 px)
+    resolution: int = Field(32, ge=16)
+    #: control steps (80 Hz) before an episode counts as failed; the easy tasks' experts need < 150
+    max_steps: int = Field(300, gt=0)
+
+
+@section
 class DatasetConfig:
-    #: ``sim`` (embedded MuJoCo task), ``hub:<repo_id>`` or ``b1k:<path>``
+    #: ``sim`` (embedded MuJoCo task), ``hub:<repo_id>``, ``b1k:<path>`` or ``metaworld:<task>[,<task>...]``
     source: str = "sim"
     repo_id: str = "balanced_pi0/sim_reach"
     #: cameras to keep (for hub/b1k sources, the dataset's image keys; sim always has these three)
@@ -107,13 +119,16 @@ class DatasetConfig:
     sim: SimConfig = Field(default_factory=SimConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     b1k: B1KConfig = Field(default_factory=B1KConfig)
+    metaworld: MetaWorldConfig = Field(default_factory=MetaWorldConfig)
 
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
-        if v == "sim" or (v.startswith(("hub:", "b1k:")) and len(v.split(":", 1)[1]) > 0):
+        if v == "sim" or (v.startswith(("hub:", "b1k:", "metaworld:")) and len(v.split(":", 1)[1]) > 0):
             return v
-        raise ValueError(f"expected 'sim', 'hub:<repo_id>' or 'b1k:<path>', got {v!r}")
+        raise ValueError(
+            f"expected 'sim', 'hub:<repo_id>', 'b1k:<path>' or 'metaworld:<task>[,<task>...]', got {v!r}"
+        )
 
 
 # --------------------------------------------------------------------------------------

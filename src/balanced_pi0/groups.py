@@ -51,6 +51,14 @@ class Group:
     stop: int  # exclusive
     #: one of ``ROLES``
     role: str
+    #: the action is a command (a velocity, an end-effector delta, a grip effort): holding still is
+    #: a zero action. Otherwise it is a target position and holding still repeats the current state.
+    #: A ``base_velocity`` group is always a command.
+    command: bool = False
+
+    @property
+    def holds_at_zero(self) -> bool:
+        return self.command or self.role == "base_velocity"
 
     @property
     def indices(self) -> range:
@@ -321,7 +329,16 @@ R1PRO = GroupLayout(
     delta_mask_spec=(-3, 3, -1, 7, -1, 7, -1),
 )
 
-PRESETS: dict[str, GroupLayout] = {"r1pro": R1PRO}
+#: Meta-World's Sawyer (one arm, end-effector control): an xyz delta of the end effector (1 = 1 cm
+#: per step, clipped to [-1, 1]) and a grip effort in [-1, 1] (+1 closes). Both are commands, not
+#: positions, so holding still is a zero action.
+METAWORLD = GroupLayout(
+    name="metaworld",
+    groups=(Group("arm", 0, 3, "arm", command=True), Group("gripper", 3, 4, "gripper", command=True)),
+    real_action_dim=4,
+)
+
+PRESETS: dict[str, GroupLayout] = {"r1pro": R1PRO, "metaworld": METAWORLD}
 
 
 def get_layout(spec: str | GroupLayout) -> GroupLayout:

@@ -190,3 +190,25 @@ def test_summary_counts_outcomes_and_is_none_without_progress():
     assert s["outcomes"] == {o: (2 if o == "base_not_arrived" else 0) for o in cl.OUTCOMES}
     plain = cl.rollout(ToyEnv(max_steps=3), idle_policy, 0, n_action_steps=1, max_steps=5)
     assert cl.summarize([plain], R1PRO, fps=10.0)["outcomes"] is None
+
+
+@pytest.mark.parametrize(("moved", "expected"), [([0, 0, 0], "arm_idle"), ([0, 1, 1], "wrong_place")])
+def test_single_arm_failure_breakdown_and_motion(moved, expected):
+    """Meta-World: no base, one arm whose hand position leads the state."""
+    from balanced_pi0.groups import METAWORLD
+
+    states = np.zeros((3, 21))
+    states[:, 0] = [0.0, 0.03, 0.07]  # the hand moves 7 cm along x
+    r = cl.Rollout(
+        seed=0,
+        success=False,
+        steps=2,
+        steps_to_success=None,
+        states=states,
+        actions=np.zeros((2, 4)),
+        frames=None,
+        progress={"hand_moved": np.asarray(moved, float)},
+    )
+    assert cl.outcome(r, METAWORLD) == expected
+    assert cl.motion(r, METAWORLD, fps=80.0) == pytest.approx({"base_distance": 0.0, "arm_path": 0.07})
+    assert cl.idle_arm_steps(r, METAWORLD) == (0, 2)

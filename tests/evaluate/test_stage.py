@@ -94,6 +94,13 @@ def test_hold_zeroes_the_velocity_controlled_base():
         stage.hold_actions(state[:, :20], R1PRO, 23)
 
 
+def test_hold_is_a_zero_command_in_metaworld():
+    from balanced_pi0.groups import METAWORLD
+
+    state = np.arange(1, 22, dtype=np.float32)[None]  # hand xyz, gripper opening, objects, goal
+    assert (stage.hold_actions(state, METAWORLD, 4) == 0).all()
+
+
 def test_eval_noise_is_fixed_by_seed_batch_and_sample():
     a = stage.flow_noise(0, 3, 1, (2, 4, 32))
     assert np.array_equal(a, stage.flow_noise(0, 3, 1, (2, 4, 32)))

@@ -1,7 +1,7 @@
 """``bpi0 fetch``: the pipeline's first stage.
 
 Writes the stage's LeRobot v3.0 dataset from ``dataset.source`` (the embedded
-MuJoCo task, a hub repository, or a BEHAVIOR-1K 2025 folder), checks it against
+MuJoCo task, a hub repository, a BEHAVIOR-1K 2025 folder, or Meta-World's scripted experts), checks it against
 the action layout, and writes the seeded episode split. The dataset and the split
 are staged next to their outputs and renamed into place, one after the other, only
 once both exist and have passed the checks: a failure leaves the old pair as it was.
@@ -75,5 +75,22 @@ def _write_source(cfg: _config.DatasetConfig, dest: Path) -> None:
         from balanced_pi0.data.b1k import convert
 
         convert(Path(arg), dest, cameras=cfg.cameras, repo_id=cfg.repo_id, resolution=cfg.b1k.resolution)
-    else:  # the config validator admits only the three kinds above
+    elif kind == "metaworld":
+        from balanced_pi0.sim import metaworld
+
+        mw = cfg.metaworld
+        tasks = metaworld.parse_tasks(arg)
+        written = write_dataset(
+            metaworld.generate_episodes(
+                tasks, mw.episodes, mw.seed, cfg.cameras, mw.resolution, mw.max_steps
+            ),
+            dest,
+            repo_id=cfg.repo_id,
+            fps=metaworld.FPS,
+            cameras=cfg.cameras,
+            robot_type="sawyer_metaworld",
+        )
+        if written < mw.episodes:
+            print(f"fetch: dropped {mw.episodes - written} of {mw.episodes} episodes the expert failed")
+    else:  # the config validator admits only the four kinds above
         raise AssertionError(cfg.source)

@@ -25,7 +25,8 @@ import numpy as np
 from balanced_pi0.errors import InputError
 from balanced_pi0.groups import Group, GroupLayout
 
-#: An arm whose joints move less than this (rad per control step, all arm joints) is idle.
+#: An arm whose joints move less than this (rad per control step, all arm joints; for Meta-World the
+#: hand, m per step) is idle.
 ARM_IDLE_THRESHOLD = 1e-3
 
 
@@ -174,8 +175,9 @@ class _Track:
 def outcome(r: Rollout, layout: GroupLayout) -> str | None:
     """Why a rollout failed (``OUTCOMES``), from the env's progress; None when it reports none.
 
-    Needs ``progress`` with ``in_reach`` (the target within reach of the named arm's
-    shoulder), ``hand`` (0 left, 1 right: the named arm) and the arms' joints in ``states``:
+    A single-arm task (Meta-World) reports ``hand_moved`` (the hand left its start): ``arm_idle`` if it
+    never did, else ``wrong_place``. The embedded task reports ``in_reach`` (the target within reach of
+    the named arm's shoulder), ``hand`` (0 left, 1 right: the named arm), with the arms' joints in ``states``:
     - ``base_not_arrived``: the target was never within reach;
     - ``arm_idle``: after arriving, the named arm's joints travelled < ``ARM_REACH_PATH``;
     - ``wrong_hand``: after arriving, the other arm travelled farther than the named one;
@@ -185,6 +187,8 @@ def outcome(r: Rollout, layout: GroupLayout) -> str | None:
         return "success"
     if r.progress is None:
         return None
+    if "hand_moved" in r.progress:  # an arm without a base (Meta-World): it never tried, or it missed
+        return "wrong_place" if r.progress["hand_moved"].any() else "arm_idle"
     arrived = np.flatnonzero(r.progress["in_reach"])
     if len(arrived) == 0:
         return "base_not_arrived"
@@ -211,10 +215,12 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
 
 
 def motion(r: Rollout, layout: GroupLayout, fps: float) -> dict[str, float]:
-    """Base distance (Σ‖v_xy‖·dt from the measured base velocity) and arm path length (rad)."""
-    base = layout.with_role("base_velocity")[0]
-    v_xy = r.states[1:, base.start : base.start + 2]
-    base_dist = float(np.linalg.norm(v_xy, axis=-1).sum() / fps)
+    """Base distance (Σ‖v_xy‖·dt from the measured base velocity; 0 without a base) and arm path
+    length (the arms' joints in rad; for Meta-World the hand's position in m)."""
+    base_dist = 0.0
+    for base in layout.with_role("base_velocity"):
+        v_xy = r.states[1:, base.start : base.start + 2]
+        base_dist += float(np.linalg.norm(v_xy, axis=-1).sum() / fps)
     arm_dims = np.concatenate([np.asarray(g.indices) for g in layout.with_role("arm")])
     dq = np.diff(r.states[:, arm_dims], axis=0)
     return {"base_distance": base_dist, "arm_path": float(np.linalg.norm(dq, axis=-1).sum())}

@@ -27,10 +27,11 @@ EVAL_NOISE_KEY = 0xE7A1
 
 
 def hold_actions(state: np.ndarray, layout: GroupLayout, action_width: int) -> np.ndarray:
-    """The "hold the current pose" action: current positions, zero velocity for the base.
+    """The "hold the current pose" action: current positions, a zero command for the base (velocity)
+    and for Meta-World's groups (an end-effector delta and a grip effort).
 
-    Needs state in the action layout (true for the embedded task); a dataset whose state
-    is ordered differently (BEHAVIOR-1K's proprio) needs a state→action index map first.
+    Needs state in the action layout (true for the embedded task and Meta-World); a dataset whose
+    state is ordered differently (BEHAVIOR-1K's proprio) needs a state→action index map first.
     """
     if state.shape[-1] < action_width:
         raise InputError(
@@ -38,8 +39,9 @@ def hold_actions(state: np.ndarray, layout: GroupLayout, action_width: int) -> n
             "state in the action layout"
         )
     hold = np.array(state[..., :action_width], dtype=np.float64)
-    for g in layout.with_role("base_velocity"):
-        hold[..., g.start : g.stop] = 0.0
+    for g in layout.groups:
+        if g.holds_at_zero:
+            hold[..., g.start : g.stop] = 0.0
     return hold
 
 
@@ -194,13 +196,23 @@ def make_sampler(backend, num_steps: int, source: Path | str = "the model") -> S
 
 
 def make_env(params: _config.Params, cameras=None):
-    """The eval env; ``cameras=()`` renders nothing (the scripted expert reads no image)."""
+    """The eval env of ``dataset.source``: Meta-World's for ``metaworld:<tasks>``, else the embedded
+    task; ``cameras=()`` renders nothing (the scripted experts read no image)."""
+    cameras = tuple(params.dataset.cameras if cameras is None else cameras)
+    kind, _, arg = params.dataset.source.partition(":")
+    if kind == "metaworld":
+        from balanced_pi0.sim.metaworld import MetaWorldEnv, parse_tasks
+
+        mw = params.dataset.metaworld
+        return MetaWorldEnv(
+            parse_tasks(arg), resolution=mw.resolution, cameras=cameras, max_steps=params.eval.max_steps
+        )
     from balanced_pi0.sim.env import MobileReachEnv
 
     sim = params.dataset.sim
     return MobileReachEnv(
         resolution=sim.resolution,
-        cameras=tuple(params.dataset.cameras if cameras is None else cameras),
+        cameras=cameras,
         max_steps=params.eval.max_steps,
         fps=sim.fps,
         arm_heavy_fraction=sim.arm_heavy_fraction,
@@ -220,9 +232,10 @@ def run_rollouts(
     ``policy(observations, seeds) -> [B, H, D]`` (``closed_loop.BatchPolicy``); ``make_env_()``
     builds one env; ``reset(env_index, env)`` resets a stateful policy after its env's reset.
     """
-    sim, ec = params.dataset.sim, params.eval
+    ec = params.eval
     seeds = rollout_seeds(params)
     envs = [make_env_() for _ in range(min(ec.parallel_envs, len(seeds)))]
+    fps = envs[0].fps
     rollouts = []
     try:
         with tqdm(total=len(seeds), desc=f"rollouts ({name})", unit="ep", leave=False) as bar:
@@ -241,13 +254,13 @@ def run_rollouts(
                 )[: len(batch)]
                 for i, r in enumerate(done):
                     if r.frames is not None and lo + i < videos:
-                        write_gif(out / "rollouts" / f"seed{r.seed}.gif", r.frames, fps=sim.fps)
+                        write_gif(out / "rollouts" / f"seed{r.seed}.gif", r.frames, fps=fps)
                 rollouts.extend(done)
                 bar.update(len(batch))
     finally:
         for env in envs:
             env.close()
-    return closed_loop.summarize(rollouts, params.layout.build(), sim.fps)
+    return closed_loop.summarize(rollouts, params.layout.build(), fps)
 
 
 def expert(params: _config.Params, out: str = "results/expert/metrics.json") -> None:
@@ -256,7 +269,10 @@ def expert(params: _config.Params, out: str = "results/expert/metrics.json") -> 
     Checks the harness before any model is judged by it, and is the motion reference
     that every run's rollouts are compared with.
     """
-    from balanced_pi0.sim.expert import ScriptedExpert
+    if params.dataset.source.startswith("metaworld:"):
+        from balanced_pi0.sim.metaworld import MetaWorldExpert as ScriptedExpert
+    else:
+        from balanced_pi0.sim.expert import ScriptedExpert
 
     agents = [ScriptedExpert() for _ in range(params.eval.parallel_envs)]
     summary = run_rollouts(
