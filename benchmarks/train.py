@@ -20,12 +20,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from balanced_pi0 import determinism
 
-from balanced_pi0 import backends, curriculum, flow
-from balanced_pi0 import config as _config
-from balanced_pi0.data.loader import ChunkLoader
-from balanced_pi0.policy_io import PolicyIO
+determinism.apply()  # the pins every bpi0 stage runs under (one intra-op thread), before numpy/torch load
+
+import numpy as np  # noqa: E402
+
+from balanced_pi0 import backends, curriculum, flow  # noqa: E402
+from balanced_pi0 import config as _config  # noqa: E402
+from balanced_pi0.data.loader import ChunkLoader  # noqa: E402
+from balanced_pi0.policy_io import PolicyIO  # noqa: E402
 
 CAMERAS = ("head", "left_wrist", "right_wrist")
 

@@ -211,7 +211,7 @@ class OptimizerConfig:
     peak_lr: float = Field(6e-3, gt=0.0, allow_inf_nan=False)
     decay_lr: float = Field(1e-4, ge=0.0, allow_inf_nan=False)
     warmup_steps: int = Field(20, ge=0)
-    decay_steps: int = Field(600, gt=0)
+    decay_steps: int = Field(2000, gt=0)
     clip_norm: float = Field(1.0, gt=0.0, allow_inf_nan=False)
     #: Adam's moment decays: in [0, 1), or the moments never forget (1) or grow without bound
     b1: float = Field(0.9, ge=0.0, lt=1.0)
@@ -250,8 +250,8 @@ class TrainConfig:
     loss: LossConfig = Field(default_factory=LossConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     #: at least one phase: an empty curriculum would export the untrained init as a result
-    curriculum: list[PhaseConfig] = Field(default_factory=lambda: [PhaseConfig(steps=600)], min_length=1)
-    checkpoint_every: int = Field(200, gt=0)
+    curriculum: list[PhaseConfig] = Field(default_factory=lambda: [PhaseConfig(steps=2000)], min_length=1)
+    checkpoint_every: int = Field(500, gt=0)
     #: complete checkpoints kept on disk (the newest ones)
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0)
@@ -268,13 +268,13 @@ class TrainConfig:
 class EvalConfig:
     num_flow_samples: int = Field(2, gt=0)
     num_steps: int = Field(10, gt=0)
-    rollouts: int = Field(15, ge=0)
+    rollouts: int = Field(60, ge=0)
     #: control steps before a rollout counts as failed (the expert needs at most ~90 in the default task)
     max_steps: int = Field(150, gt=0)
     rollout_seed: int = 10_000
     n_action_steps: int = Field(2, gt=0)
     #: scenes rolled out in lockstep, the policy sampling one batch of chunks for all of them
-    parallel_envs: int = Field(40, gt=0)
+    parallel_envs: int = Field(60, gt=0)
     videos: int = Field(2, ge=0)
     #: offline: validation chunks per sampling batch, and every stride-th batch is scored
     batch_size: int = Field(64, gt=0)
