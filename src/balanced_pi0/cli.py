@@ -141,6 +141,21 @@ STAGES: tuple[Stage, ...] = (
             Opt("--analyze", "results/analyze/metrics.json", "analysis metrics"),
             Opt("--paper", "paper/paper.typ", "Typst source"),
             Opt("--out", "paper/paper.pdf", "PDF to write"),
+            Opt(
+                "--metaworld",
+                "experiments/metaworld/results/summary.json",
+                "Meta-World summary for the appendix (`bpi0 metaworld-summary`; absent: not run)",
+            ),
+        ),
+    ),
+    Stage(
+        "metaworld-summary",
+        "per-task closed-loop success of every Meta-World run and of the expert: summary.json and a table",
+        "balanced_pi0.report:metaworld_summary",
+        (
+            Opt("--runs", "runs", "folder of <variant>-s<seed> runs (each with eval/metrics.json)"),
+            Opt("--expert", "results/expert/metrics.json", "expert rollouts on the same scenes"),
+            Opt("--out", "results/summary.json", "summary to write (the .md table beside it)"),
         ),
     ),
 )

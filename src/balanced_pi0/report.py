@@ -398,8 +398,12 @@ def run(
     analyze: str = "results/analyze/metrics.json",
     paper: str = "paper/paper.typ",
     out: str = "paper/paper.pdf",
+    metaworld: str = "experiments/metaworld/results/summary.json",
 ) -> None:
-    """Write ``paper/generated/`` (results.json, figures) and compile the paper to ``out``."""
+    """Write ``paper/generated/`` (results.json, figures) and compile the paper to ``out``.
+
+    ``metaworld`` (``bpi0 metaworld-summary``'s output) fills the Meta-World appendix; when it is
+    absent, ``results.json`` says ``"metaworld": null`` and the appendix says it was not run."""
     runs_dir, paper_src = Path(runs), Path(paper)
     questions = params.report.questions
     missing = sorted({v for names in questions.values() for v in names} - set(params.ablation.variants))
@@ -417,6 +421,7 @@ def run(
         **summary,
         "findings": [{**c, "text": finding_text(c)} for c in summary["comparisons"]],
         "closed_loop_expert": _expert_summary(params, runs_dir),
+        "metaworld": _read_json(Path(metaworld)) if Path(metaworld).exists() else None,
     }
     io.write_json(gen / "results.json", _json_clean(results))
     ablation_figure(summary, questions, gen / "ablation.png")
@@ -450,3 +455,228 @@ def compile_paper(source: Path, out: Path) -> None:
         typst.compile(str(source), output=str(tmp), root=str(Path.cwd()))
     if not out.exists():
         raise InputError(f"{out}: typst wrote nothing")
+
+
+# --------------------------------------------------------------------------------------
+# Meta-World (experiments/metaworld): per-task success, the expert, and the padding comparison
+# --------------------------------------------------------------------------------------
+def _task_rates(by_task: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``by_task`` of a closed-loop summary → per task: successes, rollouts, rate, Wilson interval."""
+    from balanced_pi0.evaluate.closed_loop import wilson_interval
+
+    out = {}
+    for task, s in by_task.items():
+        k, n = int(s["successes"]), int(s["episodes"])
+        lo, hi = wilson_interval(k, n)
+        out[task] = {"successes": k, "rollouts": n, "rate": k / n if n else float("nan"), "lo": lo, "hi": hi}
+    return out
+
+
+def _pool(rates: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    from balanced_pi0.evaluate.closed_loop import wilson_interval
+
+    k = sum(r["successes"] for r in rates)
+    n = sum(r["rollouts"] for r in rates)
+    lo, hi = wilson_interval(k, n)
+    return {"successes": k, "rollouts": n, "rate": k / n if n else float("nan"), "lo": lo, "hi": hi}
+
+
+def metaworld_tables(
+    per_run: Mapping[str, Mapping[int, Mapping[str, Any]]],
+    expert: Mapping[str, Any],
+    reference: str,
+    tasks: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Per variant and task: success pooled over seeds (Wilson) and the seed mean (t interval); the
+    expert on the same scenes; each variant against ``reference`` (pooled two-proportion test per task
+    and overall, and the paired seed difference of the overall rate).
+
+    ``per_run[variant][seed]`` is a run's ``closed_loop.policy`` summary (with ``by_task``)."""
+    tasks = list(expert.get("by_task") or {}) if tasks is None else list(tasks)
+    if sorted(tasks) != sorted(expert.get("by_task") or {}):
+        raise InputError(
+            f"metaworld: the expert rolled out tasks {list(expert.get('by_task') or {})}, not {tasks}"
+        )
+    variants: dict[str, Any] = {}
+    for v, runs in per_run.items():
+        seeds = sorted(runs)
+        rates = {s: _task_rates(runs[s]["by_task"]) for s in seeds}
+        for s in seeds:
+            if sorted(rates[s]) != sorted(tasks):
+                raise InputError(
+                    f"metaworld: run {run_name(v, s)} rolled out tasks {list(rates[s])}, the expert {tasks}"
+                )
+        by_task = {}
+        for t in tasks:
+            by_task[t] = {
+                "pooled": _pool([rates[s][t] for s in seeds]),
+                "seed_mean": clip_interval(t_interval([rates[s][t]["rate"] for s in seeds]), "success_rate"),
+                "per_seed": {str(s): rates[s][t] for s in seeds},
+            }
+        overall = {s: _pool(list(rates[s].values())) for s in seeds}
+        variants[v] = {
+            "by_task": by_task,
+            "overall": {
+                "pooled": _pool(list(overall.values())),
+                "seed_mean": clip_interval(t_interval([overall[s]["rate"] for s in seeds]), "success_rate"),
+                "per_seed": {str(s): overall[s] for s in seeds},
+            },
+        }
+    comparisons = []
+    if reference in variants:
+        ref = variants[reference]
+        for v, var in variants.items():
+            if v == reference:
+                continue
+            for t in [*tasks, None]:
+                a = ref["by_task"][t]["pooled"] if t else ref["overall"]["pooled"]
+                b = var["by_task"][t]["pooled"] if t else var["overall"]["pooled"]
+                n = min(a["rollouts"], b["rollouts"])
+                comparisons.append(
+                    {
+                        "variant": v,
+                        "reference": reference,
+                        "task": t or "all",
+                        "diff": b["rate"] - a["rate"],
+                        "rollouts": n,
+                        "min_detectable_difference": min_detectable_difference(a["rate"], n),
+                        "verdict": pooled_verdict(a, b),
+                    }
+                )
+            seeds = sorted(set(per_run[reference]) & set(per_run[v]))
+            paired = t_interval(
+                [
+                    var["overall"]["per_seed"][str(s)]["rate"] - ref["overall"]["per_seed"][str(s)]["rate"]
+                    for s in seeds
+                ]
+            )
+            comparisons.append(
+                {
+                    "variant": v,
+                    "reference": reference,
+                    "task": "all (paired seeds)",
+                    "diff_interval": paired,
+                    "verdict": verdict(paired, True),
+                }
+            )
+    return {
+        "tasks": tasks,
+        "expert": {
+            "by_task": {t: _task_rates(expert["by_task"])[t] for t in tasks},
+            "overall": _pool(list(_task_rates(expert["by_task"]).values())),
+        },
+        "variants": variants,
+        "comparisons": comparisons,
+    }
+
+
+def _pct(r: Mapping[str, Any]) -> str:
+    """``83 % (25/30, 66–93)``: a pooled rate with its counts and Wilson interval."""
+    if not r["rollouts"]:
+        return "–"
+    return (
+        f"{100 * r['rate']:.0f} % ({r['successes']}/{r['rollouts']}, {100 * r['lo']:.0f}–{100 * r['hi']:.0f})"
+    )
+
+
+def metaworld_markdown(summary: Mapping[str, Any]) -> str:
+    """The Meta-World table (README, ``experiments/metaworld/results/summary.md``) from ``summary``."""
+    tasks, variants = summary["tasks"], summary["variants"]
+    setup = summary["setup"]
+    head = ["policy", *tasks, "all tasks"]
+    rows = [
+        [f"scripted expert ({setup['rollouts_per_task']} scenes per task)"]
+        + [_pct(summary["expert"]["by_task"][t]) for t in tasks]
+        + [_pct(summary["expert"]["overall"])]
+    ]
+    for v, res in variants.items():
+        label = f"tiny pi0, `{v}` ({setup['variants'].get(v, '')}; {len(setup['seeds'])} seeds pooled)"
+        rows.append(
+            [label] + [_pct(res["by_task"][t]["pooled"]) for t in tasks] + [_pct(res["overall"]["pooled"])]
+        )
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+        "Success in % (successes/rollouts, Wilson 95 % interval), pooled over seeds; every run rolls out the "
+        "same held-out scenes as the expert.",
+    ]
+    comps = [c for c in summary["comparisons"] if "min_detectable_difference" in c]
+    if comps:
+        lines += [
+            "",
+            "| comparison | task | difference | smallest detectable | verdict |",
+            "|---|---|---|---|---|",
+        ]
+        for c in comps:
+            lines.append(
+                f"| `{c['variant']}` − `{c['reference']}` | {c['task']} | {signed(c['diff'])} | "
+                f"{c['min_detectable_difference']:.3f} | {c['verdict']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def metaworld_summary(
+    params: _config.Params,
+    runs: str = "runs",
+    expert: str = "results/expert/metrics.json",
+    out: str = "results/summary.json",
+) -> None:
+    """``bpi0 metaworld-summary``: every run of ``ablation`` (variants × seeds) and the expert, per task,
+    into ``out`` (JSON, read by the paper's appendix) and the markdown table beside it (``.md``)."""
+    kind, _, arg = params.dataset.source.partition(":")
+    if kind != "metaworld":
+        raise InputError(
+            f"metaworld-summary: dataset.source is {params.dataset.source!r}, not metaworld:<tasks>"
+        )
+    per_run: dict[str, dict[int, Any]] = {}
+    for v in params.ablation.variants:
+        for s in params.ablation.seeds:
+            doc = _read_json(Path(runs) / run_name(v, s) / "eval" / "metrics.json")
+            closed = doc.get("closed_loop")
+            if not closed or "by_task" not in closed["policy"]:
+                raise InputError(
+                    f"{runs}/{run_name(v, s)}: no per-task closed-loop results (eval.rollouts = 0?)"
+                )
+            per_run.setdefault(v, {})[s] = closed["policy"]
+    expert_doc = _read_json(Path(expert))
+    if "by_task" not in expert_doc:
+        raise InputError(f"{expert}: no per-task results (rerun `bpi0 expert`)")
+    tasks = [t.strip() for t in arg.split(",") if t.strip()]
+    tables = metaworld_tables(per_run, expert_doc, params.report.reference, tasks)
+    mw = params.dataset.metaworld
+    summary = {
+        "setup": {
+            "tasks": tasks,
+            "episodes": mw.episodes,
+            "episodes_per_task": mw.episodes // len(tasks),
+            "val_fraction": params.dataset.split.val_fraction,
+            "cameras": list(params.dataset.cameras),
+            "image_resolution": params.model.image_resolution,
+            "model_size": params.model.size,
+            "steps": params.train.total_steps,
+            "batch_size": params.train.batch_size,
+            "action_horizon": params.model.action_horizon,
+            "n_action_steps": params.eval.n_action_steps,
+            "rollouts": params.eval.rollouts,
+            "rollouts_per_task": params.eval.rollouts // len(tasks),
+            "max_steps": params.eval.max_steps,
+            "seeds": list(params.ablation.seeds),
+            "variants": {
+                v: ", ".join(f"{k}: {x}" for k, x in o.items()) or "the params as they are"
+                for v, o in params.ablation.variants.items()
+            },
+            "reference": params.report.reference,
+        },
+        **tables,
+        "published": PUBLISHED_METAWORLD,
+    }
+    summary = _json_clean(summary)
+    io.write_json(Path(out), summary)
+    io.write_text(Path(out).with_suffix(".md"), metaworld_markdown(summary))
+
+
+#: Published Meta-World (MT50) success of pi0 and SmolVLA, as reported by the SmolVLA paper; quoted, not
+#: measured here (see the appendix for the differences of setup).
+PUBLISHED_METAWORLD: dict[str, Any] = {}

@@ -212,3 +212,37 @@ def test_single_arm_failure_breakdown_and_motion(moved, expected):
     assert cl.outcome(r, METAWORLD) == expected
     assert cl.motion(r, METAWORLD, fps=80.0) == pytest.approx({"base_distance": 0.0, "arm_path": 0.07})
     assert cl.idle_arm_steps(r, METAWORLD) == (0, 2)
+
+
+class TwoTaskEnv(ToyEnv):
+    """ToyEnv whose scene of seed s is task ``("a", "b")[s % 2]``; task b's scenes never succeed."""
+
+    def reset(self, seed):
+        self.task = ("a", "b")[seed % 2]
+        return super().reset(seed)
+
+    def step(self, action):
+        obs, success, done = super().step(action)
+        return obs, success and self.task == "a", done
+
+
+def test_summary_by_task_when_the_env_names_one():
+    env = TwoTaskEnv(max_steps=8)
+    rollouts = cl.rollout_batch(
+        [env, TwoTaskEnv(max_steps=8), TwoTaskEnv(max_steps=8)],
+        lambda obs, seeds: np.stack([reaching_policy([])(o) for o in obs]),
+        [3, 4, 6],
+        n_action_steps=4,
+        max_steps=8,
+    )
+    assert [r.task for r in rollouts] == ["b", "a", "a"]
+    s = cl.summarize(rollouts, R1PRO, fps=10.0)
+    assert [p["task"] for p in s["per_seed"]] == ["b", "a", "a"]
+    assert list(s["by_task"]) == ["b", "a"]  # order of first appearance
+    assert (s["by_task"]["a"]["successes"], s["by_task"]["a"]["episodes"]) == (2, 2)
+    assert (s["by_task"]["b"]["successes"], s["by_task"]["b"]["episodes"]) == (0, 1)
+    assert s["by_task"]["b"]["success_ci95"] == pytest.approx(list(cl.wilson_interval(0, 1)))
+    assert "per_seed" not in s["by_task"]["a"]
+    # an env without tasks: no task key, no by_task (the embedded task's metrics keep their bytes)
+    plain = cl.summarize([cl.rollout(ToyEnv(), idle_policy, 0, n_action_steps=4, max_steps=4)], R1PRO, 10.0)
+    assert "by_task" not in plain and "task" not in plain["per_seed"][0]

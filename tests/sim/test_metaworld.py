@@ -67,13 +67,14 @@ def test_bad_input_names_what_is_wrong(env):
 
 
 def test_pipeline_at_toy_scale(tmp_path):
-    """Three short demonstrations, two training steps, one closed-loop rollout in Meta-World's env."""
+    """Three short demonstrations of two tasks, two training steps, a closed-loop rollout of each task in
+    Meta-World's env, and the per-task summary."""
     import yaml
 
     from balanced_pi0 import config
 
     params = config.to_dict(config.load(_experiment()))
-    params["dataset"]["source"] = "metaworld:reach-v3"
+    params["dataset"]["source"] = "metaworld:reach-v3,drawer-close-v3"
     params["dataset"]["metaworld"].update({"episodes": 3, "resolution": 16, "max_steps": 100})
     params["dataset"]["split"]["val_fraction"] = 0.34
     params["model"]["image_resolution"] = 16
@@ -82,7 +83,7 @@ def test_pipeline_at_toy_scale(tmp_path):
     params["train"]["curriculum"] = [{"steps": 2, "episodes": "train"}]
     params["train"]["optimizer"].update({"warmup_steps": 1, "decay_steps": 2})
     params["eval"].update(
-        {"rollouts": 1, "parallel_envs": 1, "max_steps": 10, "num_flow_samples": 1, "num_steps": 2}
+        {"rollouts": 2, "parallel_envs": 2, "max_steps": 10, "num_flow_samples": 1, "num_steps": 2}
     )
     params["eval"].update({"videos": 1, "batch_size": 8, "offline_stride": 4})
     path = tmp_path / "params.yaml"
@@ -109,8 +110,17 @@ def test_pipeline_at_toy_scale(tmp_path):
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert set(metrics["offline"]["groups"]) == {"arm", "gripper"}
     policy = metrics["closed_loop"]["policy"]
-    assert policy["episodes"] == 1 and policy["base_distance"] == 0.0
-    assert sum(policy["outcomes"].values()) == 1
+    assert policy["episodes"] == 2 and policy["base_distance"] == 0.0
+    assert sum(policy["outcomes"].values()) == 2
+    # rollout seeds 10000, 10001: task seed % 2, each task named per rollout and summarised
+    assert [r["task"] for r in policy["per_seed"]] == ["reach-v3", "drawer-close-v3"]
+    assert {t: s["episodes"] for t, s in policy["by_task"].items()} == {"reach-v3": 1, "drawer-close-v3": 1}
+    assert set(json.loads(expert.read_text())["by_task"]) == {"reach-v3", "drawer-close-v3"}
+    summary = tmp_path / "summary.json"
+    runs = ["--runs", str(tmp_path / "runs"), "--expert", str(expert), "--out", str(summary)]
+    assert cli.main(["metaworld-summary", "--params", p, *runs]) == 0
+    assert json.loads(summary.read_text())["tasks"] == ["reach-v3", "drawer-close-v3"]
+    assert "drawer-close-v3" in summary.with_suffix(".md").read_text()
     assert (run / "eval" / "rollouts" / "seed10000.gif").exists()
 
 

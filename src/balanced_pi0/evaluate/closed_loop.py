@@ -10,7 +10,9 @@ Reported per policy: success rate with a Wilson 95 % interval, time to success, 
 fraction of unfinished steps in which both arms are idle (the stagnation signature),
 base distance and arm path length, compared with the expert on the same seeds, and why
 each failed rollout failed (``outcome``: the base never arrived, the arm stayed idle, the
-wrong arm moved, or the right arm reached the wrong place).
+wrong arm moved, or the right arm reached the wrong place). An env of several tasks (Meta-World's
+``metaworld:<task>,...``; its ``task`` attribute names the scene's task after each reset) gets the
+same summary per task too (``by_task``), so one multi-task run reports every task's success.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class Rollout:
     frames: np.ndarray | None  # [T+1, H, W, 3] of one camera, when recorded
     #: per-step task progress from ``env.progress()`` ([T+1] arrays), when the env reports it
     progress: dict[str, np.ndarray] | None = None
+    #: the scene's task (``env.task`` after reset), for envs that have several; None otherwise
+    task: str | None = None
 
 
 def rollout(
@@ -135,6 +139,7 @@ class _Track:
 
     def __init__(self, env: Env, obs: dict[str, Any], record_camera: str | None) -> None:
         self.env, self.camera = env, record_camera
+        self.task = getattr(env, "task", None)  # read right after reset: the scene's task
         self.success, self.done, self.t = False, False, 0
         self.states, self.actions, self.frames, self.progress = [], [], [], []
         self._record(obs)
@@ -169,6 +174,7 @@ class _Track:
             actions=np.asarray(self.actions, np.float64).reshape(self.t, -1),
             frames=np.asarray(self.frames) if self.camera is not None else None,
             progress=progress,
+            task=self.task,
         )
 
 
@@ -239,6 +245,26 @@ def idle_arm_steps(r: Rollout, layout: GroupLayout) -> tuple[int, int]:
 
 
 def summarize(rollouts: Sequence[Rollout], layout: GroupLayout, fps: float) -> dict[str, Any]:
+    """Success (Wilson interval), motion, idle arms and failure classes of ``rollouts``; when the env
+    named a task per scene, each rollout's ``task`` in ``per_seed`` and the same summary per task in
+    ``by_task`` (tasks in order of first appearance; ``per_seed`` left out there)."""
+    out = _summarize(rollouts, layout, fps)
+    tasks = [r.task for r in rollouts]
+    if any(t is not None for t in tasks):
+        for entry, t in zip(out["per_seed"], tasks, strict=True):
+            entry["task"] = t
+        out["by_task"] = {
+            t: {
+                k: v
+                for k, v in _summarize([r for r in rollouts if r.task == t], layout, fps).items()
+                if k != "per_seed"
+            }
+            for t in dict.fromkeys(tasks)
+        }
+    return out
+
+
+def _summarize(rollouts: Sequence[Rollout], layout: GroupLayout, fps: float) -> dict[str, Any]:
     n = len(rollouts)
     k = sum(r.success for r in rollouts)
     lo, hi = wilson_interval(k, n)
