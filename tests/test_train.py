@@ -726,3 +726,35 @@ def test_stage_trains_resumes_and_exports(backend, prepared, tmp_path):
         "right_arm",
         "right_gripper",
     }
+
+
+@pytest.mark.parametrize("stage", ["train", "eval"])
+def test_full_size_without_a_tokenizer_stops_before_building_the_model(
+    stage, prepared, tmp_path, monkeypatch, capsys
+):
+    """Size pi0 with no ``model.tokenizer_path``: ``bpi0 train``/``eval`` exit 2 naming the param, and no
+    backend is built (byte ids would otherwise feed PaliGemma's 257k vocabulary in silence)."""
+    import yaml
+
+    from balanced_pi0 import backends, cli
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(backends, "make_backend", no_model)  # evaluation imports it when it runs
+    monkeypatch.setattr(train, "make_backend", no_model)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(_config.to_dict(stage_params("jax"))))
+    run_dir = tmp_path / "run"
+    paths = [f"--{k.replace('_', '-')}={v}" for k, v in prepared.items()]
+    if stage == "eval":
+        paths = [p for p in paths if not p.startswith("--arm-heavy")]
+        (run_dir / "final").mkdir(parents=True)
+        (run_dir / "final" / "params.npz").write_bytes(b"")  # a trained run's file; never read here
+        paths += [f"--run-dir={run_dir}", f"--out={run_dir / 'eval'}"]
+    else:
+        paths += [f"--out={run_dir}"]
+    argv = [stage, "--params", str(params_file), "-S", "model.size=pi0", *paths]
+    assert cli.main(argv) == 2
+    assert "model.tokenizer_path" in capsys.readouterr().err
+    assert not (run_dir / "eval" if stage == "eval" else run_dir).exists()
