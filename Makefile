@@ -15,7 +15,8 @@ bootstrap:
 repro: bootstrap
 	@scripts/repro.sh
 
-## The Meta-World experiment (experiments/metaworld.yaml): its own pipeline, not part of `make repro`.
+## The Meta-World experiment (experiments/metaworld.yaml): its own pipeline; `make repro` reaches it only
+## through the paper's appendix (the root paper stage depends on its summary).
 metaworld: bootstrap
 	cd experiments/metaworld && $(RUN) dvc repro
 

@@ -22,3 +22,21 @@ def test_experiment_params_load(path):
         assert params.dataset.source.startswith("b1k:")
         assert params.model.size == "pi0" and params.model.action_horizon == 50
         assert params.model.tokenizer_path is not None  # PaliGemma's vocabulary: never byte ids
+
+
+def test_metaworld_summary_reads_every_run_of_the_matrix():
+    """The summary stage lists one eval metrics file per (variant, seed) of the Meta-World ablation (DVC
+    cannot template a dep list), so a changed matrix must change the list too."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    params = config.load(root / "metaworld.yaml")
+    stage = yaml.safe_load((root / "metaworld" / "dvc.yaml").read_text())["stages"]["summary"]
+    runs = {d for d in stage["deps"] if d.startswith("runs/")}
+    expected = {
+        f"runs/{v}-s{s}/eval/metrics.json" for v in params.ablation.variants for s in params.ablation.seeds
+    }
+    assert runs == expected
+    tasks = params.dataset.source.removeprefix("metaworld:").split(",")
+    assert len(tasks) >= 3 and params.eval.rollouts % len(tasks) == 0  # the same scenes count per task
+    assert params.eval.rollouts // len(tasks) >= 30

@@ -8,6 +8,7 @@ import yaml
 
 from balanced_pi0 import cli, report
 from balanced_pi0.evaluate.closed_loop import wilson_interval
+from test_report import pipeline_outputs  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["reach-v3", "drawer-close-v3"]
@@ -90,3 +91,18 @@ def test_markdown_lists_every_variant():
     s["setup"] = {"rollouts_per_task": 10, "variants": {"main": "the params as they are"}, "seeds": [0]}
     md = report.metaworld_markdown(report._json_clean(s))
     assert "`main`" in md and "30 % (3/10" in md and "100 % (10/10" in md
+
+
+def test_paper_appendix_reads_the_summary_or_says_it_was_not_run(pipeline_outputs):  # noqa: F811
+    params, root = pipeline_outputs  # the working directory is root
+    report.run(params)
+    results = root / "paper" / "generated" / "results.json"
+    assert json.loads(results.read_text())["metaworld"] is None  # the appendix says it was not run
+    mw_params, expert = _runs(root / "mw")
+    summary = root / "experiments" / "metaworld" / "results" / "summary.json"
+    argv = ["metaworld-summary", "--params", str(mw_params), "--runs", str(root / "mw" / "runs")]
+    assert cli.main([*argv, "--expert", str(expert), "--out", str(summary)]) == 0
+    report.run(params)
+    doc = json.loads(results.read_text())
+    assert doc["metaworld"]["tasks"] == TASKS
+    assert doc["metaworld"]["published"]["rows"] and (root / "paper" / "paper.pdf").exists()
