@@ -3,10 +3,12 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from balanced_pi0 import config
 
-EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
 
 
 def test_there_is_a_gpu_experiment():
@@ -40,3 +42,17 @@ def test_metaworld_summary_reads_every_run_of_the_matrix():
     tasks = params.dataset.source.removeprefix("metaworld:").split(",")
     assert len(tasks) >= 3 and params.eval.rollouts % len(tasks) == 0  # the same scenes count per task
     assert params.eval.rollouts // len(tasks) >= 30
+
+
+def test_the_paper_reads_the_metaworld_pipelines_own_summary():
+    """The paper's appendix reads a committed copy (so that `make repro` never runs the Meta-World
+    pipeline); `make metaworld` writes it, and it must be that pipeline's output, byte for byte."""
+    ours = ROOT / "experiments" / "metaworld" / "results" / "summary.json"
+    copy = ROOT / "paper" / "metaworld_summary.json"
+    assert copy.read_bytes() == ours.read_bytes(), "run `make metaworld` (it copies the summary)"
+    paper = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["paper"]
+    assert (
+        "paper/metaworld_summary.json" in paper["deps"]
+        and "--metaworld paper/metaworld_summary.json" in paper["cmd"]
+    )
+    assert not any(d.startswith("experiments/") for d in paper["deps"])
