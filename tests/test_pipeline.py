@@ -20,7 +20,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 #: What a project copy needs: the pipeline, its code (stage deps), the paper source.
-PROJECT_FILES = ("dvc.yaml", "pyproject.toml", "uv.lock", "src", "paper/paper.typ")
+PROJECT_FILES = (
+    "dvc.yaml",
+    "pyproject.toml",
+    "uv.lock",
+    "src",
+    "paper/paper.typ",
+    "paper/metaworld_summary.json",
+)
 
 
 def toy_params() -> dict:

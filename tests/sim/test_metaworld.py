@@ -82,6 +82,9 @@ def test_pipeline_at_toy_scale(tmp_path):
     params["train"].update({"backend": "torch", "batch_size": 2, "checkpoint_every": 2, "log_every": 1})
     params["train"]["curriculum"] = [{"steps": 2, "episodes": "train"}]
     params["train"]["optimizer"].update({"warmup_steps": 1, "decay_steps": 2})
+    # one run: the summary reads every run of the matrix
+    params["ablation"].update({"seeds": [0], "variants": {"main": {}}})
+    params["report"].update({"reference": "main", "questions": {}, "loss_curves": ["main"]})
     params["eval"].update(
         {"rollouts": 2, "parallel_envs": 2, "max_steps": 10, "num_flow_samples": 1, "num_steps": 2}
     )
