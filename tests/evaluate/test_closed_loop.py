@@ -170,13 +170,18 @@ def _with_progress(states, in_reach, hand=0, success=False):
         ({"left_arm": 0.5}, [1, 1, 1], False, "wrong_place"),
         # motion before the base arrived does not count as reaching
         ({"left_arm_before": 1.0}, [0, 0, 1], False, "arm_idle"),
+        # an arm jittering in place travels a long path but never leaves its pose: idle
+        ({"left_arm_jitter": 0.08}, [1, 1, 1, 1, 1, 1, 1], False, "arm_idle"),
     ],
 )
 def test_failure_breakdown(moves, in_reach, success, expected):
-    states = np.zeros((3, 23))
+    states = np.zeros((len(in_reach), 23))
     for name, amount in moves.items():
         if name == "left_arm_before":
             states[1, 7] = amount  # moves out and back before arrival at step 2
+            continue
+        if name == "left_arm_jitter":
+            states[1::2, 7] = amount  # 0.08 rad out and back, three times: a 0.48 rad path
             continue
         g = R1PRO.group(name)
         states[2, g.start] = amount

@@ -45,8 +45,11 @@ BatchPolicy = Callable[[list[dict[str, Any]], list[int]], np.ndarray]
 
 #: Failure classes of a rollout, in the order the paper reports them.
 OUTCOMES = ("success", "base_not_arrived", "arm_idle", "wrong_hand", "wrong_place")
-#: After arrival, a named arm whose joints travel less than this (rad, summed path) never tried to reach.
-ARM_REACH_PATH = 0.1
+#: After arrival, a named arm whose joints never get farther than this from their pose at arrival
+#: (rad, Euclidean over the arm's joints) never tried to reach. A displacement, not a path length:
+#: a policy's arm that jitters in place (replanned chunks that disagree) travels a long path and
+#: reaches nothing. The smallest reach of the embedded task moves the joints ~0.27 rad.
+ARM_REACH_DISPLACEMENT = 0.1
 
 
 @dataclass(frozen=True)
@@ -185,8 +188,9 @@ def outcome(r: Rollout, layout: GroupLayout) -> str | None:
     never did, else ``wrong_place``. The embedded task reports ``in_reach`` (the target within reach of
     the named arm's shoulder), ``hand`` (0 left, 1 right: the named arm), with the arms' joints in ``states``:
     - ``base_not_arrived``: the target was never within reach;
-    - ``arm_idle``: after arriving, the named arm's joints travelled < ``ARM_REACH_PATH``;
-    - ``wrong_hand``: after arriving, the other arm travelled farther than the named one;
+    - ``arm_idle``: after arriving, the named arm's joints never got ``ARM_REACH_DISPLACEMENT`` away from
+      their pose at arrival (an arm jittering in place is idle);
+    - ``wrong_hand``: after arriving, the other arm got farther from its pose at arrival than the named one;
     - ``wrong_place``: the named arm moved but its hand never reached the target.
     """
     if r.success:
@@ -201,12 +205,13 @@ def outcome(r: Rollout, layout: GroupLayout) -> str | None:
     arms = layout.with_role("arm")  # the sim's hand 0 / 1: the layout's first / second arm
     named, other = arms[int(r.progress["hand"][0])], arms[1 - int(r.progress["hand"][0])]
 
-    def path(g: Group) -> float:
-        return float(np.abs(np.diff(r.states[arrived[0] :, g.start : g.stop], axis=0)).sum())
+    def displacement(g: Group) -> float:
+        q = r.states[arrived[0] :, g.start : g.stop]
+        return float(np.linalg.norm(q - q[0], axis=-1).max())
 
-    if path(named) < ARM_REACH_PATH:
+    if displacement(named) < ARM_REACH_DISPLACEMENT:
         return "arm_idle"
-    return "wrong_hand" if path(other) > path(named) else "wrong_place"
+    return "wrong_hand" if displacement(other) > displacement(named) else "wrong_place"
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
