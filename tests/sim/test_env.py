@@ -192,3 +192,27 @@ def test_progress_reports_reach_and_the_named_hand():
     assert p["hand_distance"] == pytest.approx(env.ee_distance())
     env.reset(1, arm_heavy=False)
     assert env.progress()["in_reach"] == 0.0  # 1.5-4 m away
+
+
+def test_state_ends_with_both_hands_in_the_robot_frame():
+    env = MobileReachEnv(cameras=(), fps=10)
+    obs = env.reset(7, arm_heavy=False)
+    turn = hold(obs)
+    turn[0], turn[2] = 0.5, 0.8  # drive and turn: the hands move in the world, not in the robot frame
+    for _ in range(3):
+        obs, _, _ = env.step(turn)
+    for side in ("left", "right"):
+        np.testing.assert_allclose(
+            obs["state"][sim_env.EE_STATE[side]], env.in_robot_frame(env.ee_pos(side)), atol=1e-6
+        )
+    np.testing.assert_allclose(
+        obs["state"][sim_env.EE_STATE["left"]][1], -obs["state"][sim_env.EE_STATE["right"]][1], atol=1e-5
+    )
+    reach = hold(obs)
+    reach[sim_env.LEFT_ARM] += 0.3  # move the left arm only: only the left hand's state changes
+    before = obs["state"].copy()
+    obs, _, _ = env.step(reach)
+    assert np.linalg.norm(obs["state"][sim_env.EE_STATE["left"]] - before[sim_env.EE_STATE["left"]]) > 1e-3
+    np.testing.assert_allclose(
+        obs["state"][sim_env.EE_STATE["right"]], before[sim_env.EE_STATE["right"]], atol=1e-6
+    )

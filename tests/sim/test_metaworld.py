@@ -140,6 +140,6 @@ def test_scripted_experts_succeed_on_mujoco_4_as_on_3_3(task):
     env = mw.MetaWorldEnv((task,), cameras=(), max_steps=500)
     expert = mw.MetaWorldExpert()
     try:
-        assert sum(mw.rollout(env, expert, seed, task).success for seed in range(20)) == 20
+        assert sum(mw.rollout(env, expert, seed, task=task).success for seed in range(20)) == 20
     finally:
         env.close()

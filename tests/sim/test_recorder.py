@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from balanced_pi0.config import SimConfig
+from balanced_pi0.sim import env as sim_env
 from balanced_pi0.sim.recorder import episode_seed, generate_episodes
 
 CAMERAS = ("head", "left_wrist", "right_wrist")
@@ -15,7 +17,7 @@ def test_episodes_contract_and_success_print(capsys):
     assert len(episodes) == 3
     for i, ep in enumerate(episodes):
         t = len(ep.action)
-        assert ep.state.shape == (t, 26) and ep.action.shape == (t, 23)
+        assert ep.state.shape == (t, sim_env.STATE_DIM) and ep.action.shape == (t, 23)
         assert ep.state.dtype == ep.action.dtype == np.float32
         assert set(ep.images) == set(CAMERAS)
         assert all(img.shape == (t, 16, 16, 3) and img.dtype == np.uint8 for img in ep.images.values())
@@ -38,3 +40,24 @@ def test_same_config_same_episodes():
 def test_episode_seeds_are_distinct_across_configs():
     seeds = {episode_seed(s, i) for s in range(3) for i in range(50)}
     assert len(seeds) == 150
+
+
+def test_action_noise_perturbs_the_executed_actions_and_records_the_experts():
+    """DART: with noise the executed actions (the realised base velocity in the state) differ from the
+    recorded ones, which are the expert's; the noise is drawn from the episode's seed."""
+    from balanced_pi0.sim.env import MobileReachEnv
+    from balanced_pi0.sim.expert import ScriptedExpert
+    from balanced_pi0.sim.recorder import rollout
+
+    env = MobileReachEnv(cameras=(), max_steps=40)
+    clean = rollout(env, ScriptedExpert(), 3)
+    scale = env.action_noise_scale(0.2)
+    assert scale[14] == scale[22] == 0.0 and scale[0] == pytest.approx(0.2 * 0.6)
+    noisy = rollout(env, ScriptedExpert(), 3, noise_scale=scale)
+    assert not np.array_equal(clean.state[1:5], noisy.state[1:5])
+    again = rollout(env, ScriptedExpert(), 3, noise_scale=scale)
+    np.testing.assert_array_equal(noisy.action, again.action)  # seeded by the episode
+    # the state holds the realised (executed) base velocity: equal to the recorded action when clean,
+    # off by the noise when not
+    np.testing.assert_allclose(clean.state[1:, :3], clean.action[:-1, :3], atol=1e-6)
+    assert np.abs(noisy.state[1:, :3] - noisy.action[:-1, :3]).max() > 0.01

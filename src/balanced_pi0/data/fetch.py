@@ -57,16 +57,9 @@ def _write_source(cfg: _config.DatasetConfig, dest: Path) -> None:
         from balanced_pi0.sim.recorder import generate_episodes
 
         sim = cfg.sim
-        written = write_dataset(
-            generate_episodes(sim, cfg.cameras),
-            dest,
-            repo_id=cfg.repo_id,
-            fps=sim.fps,
-            cameras=cfg.cameras,
-            robot_type="r1pro_sim",
+        _write_expert_episodes(
+            cfg, dest, generate_episodes(sim, cfg.cameras), sim.episodes, sim.fps, "r1pro_sim"
         )
-        if written < sim.episodes:
-            print(f"fetch: dropped {sim.episodes - written} of {sim.episodes} episodes the expert failed")
     elif kind == "hub":
         from balanced_pi0.data.hub import download
 
@@ -80,17 +73,20 @@ def _write_source(cfg: _config.DatasetConfig, dest: Path) -> None:
 
         mw = cfg.metaworld
         tasks = metaworld.parse_tasks(arg)
-        written = write_dataset(
-            metaworld.generate_episodes(
-                tasks, mw.episodes, mw.seed, cfg.cameras, mw.resolution, mw.max_steps
-            ),
-            dest,
-            repo_id=cfg.repo_id,
-            fps=metaworld.FPS,
-            cameras=cfg.cameras,
-            robot_type="sawyer_metaworld",
+        episodes = metaworld.generate_episodes(
+            tasks, mw.episodes, mw.seed, cfg.cameras, mw.resolution, mw.max_steps
         )
-        if written < mw.episodes:
-            print(f"fetch: dropped {mw.episodes - written} of {mw.episodes} episodes the expert failed")
+        _write_expert_episodes(cfg, dest, episodes, mw.episodes, metaworld.FPS, "sawyer_metaworld")
     else:  # the config validator admits only the four kinds above
         raise AssertionError(cfg.source)
+
+
+def _write_expert_episodes(
+    cfg: _config.DatasetConfig, dest: Path, episodes, requested: int, fps: int, robot_type: str
+) -> None:
+    """Write a scripted expert's episodes through LeRobot's writer (which keeps only its successes)."""
+    written = write_dataset(
+        episodes, dest, repo_id=cfg.repo_id, fps=fps, cameras=cfg.cameras, robot_type=robot_type
+    )
+    if written < requested:
+        print(f"fetch: dropped {requested - written} of {requested} episodes the expert failed")

@@ -138,8 +138,8 @@ def _add_episode(dataset, ep: EpisodeLike, cameras: Sequence[str]) -> None:
 def _episode_facts(episode_index: int, source_index: int, ep) -> dict:
     facts = {"episode_index": episode_index, "source_index": source_index, "length": len(ep.action)}
     for name in ("seed", "success", "arm_heavy", "source_episode_index"):
-        if hasattr(ep, name):
-            value = getattr(ep, name)
+        value = getattr(ep, name, None)
+        if value is not None:
             facts[name] = bool(value) if isinstance(value, bool | np.bool_) else int(value)
     return facts
 

@@ -12,12 +12,17 @@ base 0:3 (vx, vy, wz in the robot frame), torso 3:7, left arm 7:14, left
 gripper 14, right arm 15:22, right gripper 22. Grippers are in [-1, 1]: +1 open,
 -1 closed. The state is the same 23 proprioceptive dims (for the base, the
 realised velocity) followed by the target cube's position in the robot frame
-(x forward, y left, z up; 3 dims): the object pose that low-dimensional
-manipulation benchmarks (robomimic, Meta-World) give their policies. Without
-it the tiny policies of the embedded default would have to find a 2.5 cm cube
-anywhere on a 4 m disc from 32 px images, which they do not learn on two CPU
-cores; with it the problem left is the one the project studies: turning a known
-goal into base and arm motion.
+(x forward, y left, z up; 3 dims) and the left and right end-effector positions
+in the same frame (3 dims each), 32 dims in all. The cube's position is the object
+pose that low-dimensional manipulation benchmarks (robomimic, Meta-World) give
+their policies; the hand positions are part of R1Pro's proprioception in
+BEHAVIOR-1K (``eef_left_pos``/``eef_right_pos``, robot frame) and of Meta-World's
+observation. Without the cube's position the tiny policies of the embedded default
+would have to find a 2.5 cm cube anywhere on a 4 m disc from 32 px images, which
+they do not learn on two CPU cores. Without the hand positions they stop 5-8 cm
+short of the cube: the hand-to-cube offset would have to be learned through the
+arm's forward kinematics. With both, the problem left is the one the project
+studies: turning a known goal into base and arm motion.
 
 Task: a cube of a named colour is placed either within reach of the start pose
 (arm-heavy) or 1.5-4 m away (base-heavy); the prompt names the colour and the
@@ -37,11 +42,14 @@ import numpy as np
 
 from balanced_pi0.errors import InputError
 from balanced_pi0.sim import robot
+from balanced_pi0.sim.common import check_action, make_renderer, render
 
 ACTION_DIM = 23
-#: The 23 proprioceptive dims in action order, then the target's position in the robot frame.
-STATE_DIM = ACTION_DIM + 3
-TARGET_STATE = slice(ACTION_DIM, STATE_DIM)
+#: The 23 proprioceptive dims in action order, then the target's position in the robot frame,
+#: then the left and right end-effector positions in the robot frame.
+STATE_DIM = ACTION_DIM + 9
+TARGET_STATE = slice(ACTION_DIM, ACTION_DIM + 3)
+EE_STATE = {"left": slice(ACTION_DIM + 3, ACTION_DIM + 6), "right": slice(ACTION_DIM + 6, ACTION_DIM + 9)}
 BASE, TORSO, LEFT_ARM, LEFT_GRIPPER, RIGHT_ARM, RIGHT_GRIPPER = (
     slice(0, 3),
     slice(3, 7),
@@ -85,7 +93,7 @@ class Target:
 class MobileReachEnv:
     """``reset(seed) -> obs``; ``step(action[23]) -> (obs, success, done)``.
 
-    ``obs = {"state": float32[26], "images": {camera: uint8[H, W, 3]}, "prompt": str}``.
+    ``obs = {"state": float32[32], "images": {camera: uint8[H, W, 3]}, "prompt": str}``.
     ``success`` is latched: True from the first step the named hand reached the cube.
     ``target`` (colour, hand, world position, placement) is privileged, for the expert.
     """
@@ -134,7 +142,7 @@ class MobileReachEnv:
     def step(self, action: np.ndarray) -> tuple[dict, bool, bool]:
         if self.target is None:
             raise InputError("step() before reset()")
-        action = _check_action(action)
+        action = check_action(action, ACTION_DIM, "R1Pro")
         self._move_base(action[BASE])
         self._track_joints(action)
         self._write_joints()
@@ -146,8 +154,21 @@ class MobileReachEnv:
         return self._observe(), self.success, settled or self.steps >= self.max_steps
 
     @property
+    def arm_heavy(self) -> bool:
+        """Whether this episode's cube was placed within reach of the start pose."""
+        return self.target.arm_heavy
+
+    @property
     def prompt(self) -> str:
         return f"reach the {self.target.colour} cube with the {self.target.hand} hand"
+
+    def action_noise_scale(self, fraction: float) -> np.ndarray:
+        """Per-dim noise std, ``fraction`` of each dim's one-step range: the base's velocity limits,
+        the joints' tracking step; none on the grippers (open/closed commands)."""
+        scale = np.full(ACTION_DIM, JOINT_RATE * self.dt)
+        scale[BASE] = BASE_LIMITS
+        scale[[LEFT_GRIPPER, RIGHT_GRIPPER]] = 0.0
+        return fraction * scale
 
     def ee_pos(self, hand: str) -> np.ndarray:
         return self.data.site_xpos[self._ee_site[hand]].copy()
@@ -264,16 +285,21 @@ class MobileReachEnv:
             self.data.qpos[self._fingers[side]] = 0.5 * (g + 1.0) * robot.FINGER_TRAVEL
 
     def state(self) -> np.ndarray:
-        return np.concatenate([self._velocity, self._joint_pos, self.target_in_robot_frame()]).astype(
+        hands = [self.in_robot_frame(self.ee_pos(side)) for side in robot.SIDES]
+        return np.concatenate([self._velocity, self._joint_pos, self.target_in_robot_frame(), *hands]).astype(
             np.float32
         )
 
     def target_in_robot_frame(self) -> np.ndarray:
         """The cube centre relative to the base: (forward, left) in the base's heading, and height."""
+        return self.in_robot_frame(self.target.pos)
+
+    def in_robot_frame(self, world: np.ndarray) -> np.ndarray:
+        """A world point relative to the base: (forward, left) in the base's heading, and height."""
         x, y, yaw = self.base_pose()
-        dx, dy = self.target.pos[0] - x, self.target.pos[1] - y
+        dx, dy = world[0] - x, world[1] - y
         c, s = math.cos(yaw), math.sin(yaw)
-        return np.array([c * dx + s * dy, -s * dx + c * dy, self.target.pos[2]])
+        return np.array([c * dx + s * dy, -s * dx + c * dy, world[2]])
 
     def _observe(self) -> dict:
         return {"state": self.state(), "images": self._render(), "prompt": self.prompt}
@@ -282,25 +308,5 @@ class MobileReachEnv:
         if not self.cameras:
             return {}
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, self.resolution, self.resolution)
-            # Shadows and reflections make CPU (Mesa) rendering ~50x slower and add nothing here.
-            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-        images = {}
-        for cam in self.cameras:
-            self._renderer.update_scene(self.data, camera=cam)
-            images[cam] = self._renderer.render()
-        return images
-
-
-def _check_action(action) -> np.ndarray:
-    try:
-        a = np.asarray(action, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"action: not a numeric array ({e})") from None
-    if a.shape != (ACTION_DIM,):
-        raise InputError(f"action: expected shape [{ACTION_DIM}] (R1Pro layout), got {list(a.shape)}")
-    bad = np.flatnonzero(~np.isfinite(a))
-    if len(bad):
-        raise InputError(f"action: non-finite value at dim {int(bad[0])}")
-    return a
+            self._renderer = make_renderer(self.model, self.resolution)
+        return render(self._renderer, self.data, self.cameras)

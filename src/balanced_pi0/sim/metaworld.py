@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from functools import cache
 from importlib.util import find_spec
 from pathlib import Path
@@ -42,6 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from balanced_pi0.errors import InputError
+from balanced_pi0.sim.common import check_action, make_renderer, render
+from balanced_pi0.sim.recorder import Episode, episode_seed, rollout
 
 ACTION_DIM = 4
 #: Meta-World's control rate: 5 physics steps of 2.5 ms per action
@@ -115,6 +116,9 @@ class MetaWorldEnv:
     The scene of ``seed`` is task ``tasks[seed % len(tasks)]`` unless ``reset`` names one.
     """
 
+    #: the embedded task's placement flag; Meta-World's scenes have no such split
+    arm_heavy = None
+
     def __init__(
         self,
         tasks: Sequence[str],
@@ -156,7 +160,7 @@ class MetaWorldEnv:
     def step(self, action: np.ndarray) -> tuple[dict, bool, bool]:
         if self.task is None:
             raise InputError("step() before reset()")
-        a = _check_action(action)
+        a = check_action(action, ACTION_DIM, "Meta-World")
         self.raw_obs, _, _, truncated, info = self._env(self.task).step(np.clip(a, -1.0, 1.0))
         self.steps += 1
         self.success = self.success or bool(info["success"])
@@ -188,34 +192,12 @@ class MetaWorldEnv:
     def _render(self) -> dict[str, np.ndarray]:
         if not self.cameras:
             return {}
-        import mujoco
-
         env = self._env(self.task)
         renderer = self._renderers.get(self.task)
         if renderer is None:
             env.model.vis.quality.offsamples = 0  # no multisampling: 3x faster, and it is visual only
-            renderer = mujoco.Renderer(env.model, self.resolution, self.resolution)
-            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-            self._renderers[self.task] = renderer
-        images = {}
-        for cam in self.cameras:
-            renderer.update_scene(env.data, camera=cam)
-            img = renderer.render()
-            images[cam] = np.ascontiguousarray(img[::-1, ::-1]) if cam in _FLIPPED else img
-        return images
-
-
-def _check_action(action) -> np.ndarray:
-    try:
-        a = np.asarray(action, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"action: not a numeric array ({e})") from None
-    if a.shape != (ACTION_DIM,):
-        raise InputError(f"action: expected shape [{ACTION_DIM}] (Meta-World layout), got {list(a.shape)}")
-    if not np.all(np.isfinite(a)):
-        raise InputError(f"action: non-finite value at dim {int(np.flatnonzero(~np.isfinite(a))[0])}")
-    return a
+            renderer = self._renderers[self.task] = make_renderer(env.model, self.resolution)
+        return render(renderer, env.data, self.cameras, flipped=_FLIPPED)
 
 
 class MetaWorldExpert:
@@ -232,52 +214,18 @@ class MetaWorldExpert:
         return np.clip(np.asarray(action, np.float64), -1.0, 1.0).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class Episode:
-    task: str
-    state: np.ndarray  # float32 [T, 21], observation before each action
-    action: np.ndarray  # float32 [T, 4]
-    images: dict[str, np.ndarray]  # camera -> uint8 [T, H, W, 3]
-    success: bool
-    seed: int
-
-
-def rollout(env: MetaWorldEnv, expert: MetaWorldExpert, seed: int, task: str) -> Episode:
-    obs = env.reset(seed, task=task)
-    expert.reset(env)
-    states, actions, frames = [], [], {cam: [] for cam in env.cameras}
-    done, success = False, False
-    while not done:
-        action = expert.act(obs)
-        states.append(obs["state"])
-        actions.append(action)
-        for cam in env.cameras:
-            frames[cam].append(obs["images"][cam])
-        obs, success, done = env.step(action)
-    return Episode(
-        task=prompt(task),
-        state=np.stack(states),
-        action=np.stack(actions),
-        images={cam: np.stack(f) for cam, f in frames.items()},
-        success=bool(success),
-        seed=seed,
-    )
-
-
 def generate_episodes(
     tasks: Sequence[str], episodes: int, seed: int, cameras: Sequence[str], resolution: int, max_steps: int
 ) -> Iterator[Episode]:
     """``episodes`` expert episodes, task ``i % len(tasks)`` for episode i, seeded from (seed, i)."""
     from tqdm import tqdm
 
-    from balanced_pi0.sim.recorder import episode_seed
-
     env = MetaWorldEnv(tasks, resolution=resolution, cameras=cameras, max_steps=max_steps)
     expert = MetaWorldExpert()
     successes = 0
     try:
         for i in tqdm(range(episodes), desc="metaworld episodes", unit="ep"):
-            ep = rollout(env, expert, episode_seed(seed, i), tasks[i % len(tasks)])
+            ep = rollout(env, expert, episode_seed(seed, i), task=tasks[i % len(tasks)])
             successes += ep.success
             yield ep
     finally:

@@ -1,4 +1,5 @@
-"""Roll the scripted expert out in ``MobileReachEnv`` and hand episodes to the dataset writer."""
+"""Roll a scripted expert out in its env (``MobileReachEnv``, ``MetaWorldEnv``) and hand episodes to
+the dataset writer."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from balanced_pi0.sim.expert import ScriptedExpert
 @dataclass(frozen=True)
 class Episode:
     task: str
-    state: np.ndarray  # float32 [T, 23], observation before each action
-    action: np.ndarray  # float32 [T, 23]
+    state: np.ndarray  # float32 [T, state dim], observation before each action
+    action: np.ndarray  # float32 [T, action dim]
     images: dict[str, np.ndarray]  # camera -> uint8 [T, H, W, 3]
     success: bool
     seed: int
-    arm_heavy: bool
+    arm_heavy: bool | None = None  # the embedded task's placement (cube within reach of the start)
 
 
 def episode_seed(base_seed: int, index: int) -> int:
@@ -29,17 +30,25 @@ def episode_seed(base_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([base_seed, index]).generate_state(1)[0])
 
 
-def rollout(env: MobileReachEnv, expert: ScriptedExpert, seed: int) -> Episode:
-    obs = env.reset(seed)
+def rollout(env, expert, seed: int, noise_scale: np.ndarray | None = None, **reset_options) -> Episode:
+    """One expert episode from ``env.reset(seed, **reset_options)`` until the env says done.
+
+    ``noise_scale`` (one std per action dim): the env executes the expert's action plus Gaussian noise
+    drawn from the episode's seed; the episode records the clean action (DART).
+    """
+    rng = np.random.default_rng([seed, 1]) if noise_scale is not None else None
+    obs = env.reset(seed, **reset_options)
     expert.reset(env)
     states, actions, frames = [], [], {cam: [] for cam in env.cameras}
-    done = False
+    done, success = False, False
     while not done:
         action = expert.act(obs)
         states.append(obs["state"])
         actions.append(action)
         for cam in env.cameras:
             frames[cam].append(obs["images"][cam])
+        if rng is not None:
+            action = action + (noise_scale * rng.standard_normal(action.shape)).astype(action.dtype)
         obs, success, done = env.step(action)
     return Episode(
         task=env.prompt,
@@ -48,7 +57,7 @@ def rollout(env: MobileReachEnv, expert: ScriptedExpert, seed: int) -> Episode:
         images={cam: np.stack(f) for cam, f in frames.items()},
         success=bool(success),
         seed=seed,
-        arm_heavy=env.target.arm_heavy,
+        arm_heavy=env.arm_heavy,
     )
 
 
@@ -62,10 +71,11 @@ def generate_episodes(sim: SimConfig, cameras: Sequence[str]) -> Iterator[Episod
         arm_heavy_fraction=sim.arm_heavy_fraction,
     )
     expert = ScriptedExpert()
+    noise = env.action_noise_scale(sim.action_noise) if sim.action_noise > 0 else None
     successes = 0
     try:
         for i in tqdm(range(sim.episodes), desc="sim episodes", unit="ep"):
-            episode = rollout(env, expert, episode_seed(sim.seed, i))
+            episode = rollout(env, expert, episode_seed(sim.seed, i), noise_scale=noise)
             successes += episode.success
             yield episode
     finally:
