@@ -9,7 +9,7 @@ import pytest
 
 from balanced_pi0 import config as _config
 from balanced_pi0.errors import InputError
-from balanced_pi0.groups import R1PRO, from_delta_actions, to_delta_actions
+from balanced_pi0.groups import R1PRO, LayoutError, from_delta_actions, to_delta_actions
 from balanced_pi0.policy_io import (
     STD_EPS,
     NormStats,
@@ -203,3 +203,20 @@ def test_delta_actions_and_norm_stats_must_agree_in_params():
         _config.from_dict({"train": {"delta_actions": True}})
     with pytest.raises(_config.ConfigError, match="go together"):
         _config.from_dict({"train": {"norm_stats": "delta_per_timestep"}})
+
+
+def test_state_hidden_feeds_the_groups_state_as_its_mean_and_names_unknown_groups(tmp_path):
+    write_stats(tmp_path / "standard.json", stats(32, 0), stats((10, D), 1))
+    seen = PolicyIO.from_params(_config.from_dict({}), tmp_path)
+    hidden = PolicyIO.from_params(_config.from_dict({"model": {"state_hidden": ["base"]}}), tmp_path)
+    rng = np.random.default_rng(6)
+    images = {"head": np.zeros((2, 32, 32, 3), np.uint8)}
+    batch = {"state": rng.normal(size=(2, 32)).astype(np.float32), "images": images, "prompt": ["a", "b"]}
+    full, masked = seen.observation(batch)["state"], hidden.observation(batch)["state"]
+    base = list(R1PRO.group("base").indices)
+    assert np.all(masked[:, base] == 0.0) and np.any(full[:, base] != 0.0)
+    rest = [i for i in range(full.shape[1]) if i not in base]
+    np.testing.assert_array_equal(masked[:, rest], full[:, rest])
+    assert batch["state"][0, 0] != 0.0  # the caller's array is untouched
+    with pytest.raises(LayoutError, match="no group 'wheels'"):
+        PolicyIO.from_params(_config.from_dict({"model": {"state_hidden": ["wheels"]}}), tmp_path)

@@ -83,6 +83,11 @@ class SimConfig:
     #: probability that the target is placed within reach of the start pose (arm-heavy episode)
     arm_heavy_fraction: float = Field(0.3, ge=0.0, le=1.0)
     max_steps: int = Field(200, gt=0)
+    #: DART-style demonstration noise (Laskey et al. 2017): the env executes the expert's action plus
+    #: Gaussian noise of this fraction of each group's one-step range (base velocity limits; the
+    #: joints' tracking step), and the dataset records the expert's clean action. The demonstrations
+    #: then show recoveries from the small errors a policy makes, as human teleoperation does.
+    action_noise: float = Field(0.0, ge=0.0, le=1.0)
 
 
 @section
@@ -187,6 +192,10 @@ class ModelConfig:
     #: ``empty_cameras``). A masked image is no key for any token, so blanks change nothing the model
     #: computes but its cost; openpi's checkpoints always take 3 (base and both wrists).
     empty_cameras: int = Field(0, ge=0)
+    #: layout groups whose state dims the policy does not see (fed as 0 after normalising, the
+    #: dataset mean). A state that holds the last command (the embedded task's base velocity) lets
+    #: a policy copy it instead of reading the scene (the "copycat" shortcut of imitation learning).
+    state_hidden: list[str] = Field(default_factory=list)
 
 
 Strategy = Literal["uniform", "per_group", "per_dimension", "delta"]

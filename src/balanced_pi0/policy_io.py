@@ -167,6 +167,8 @@ class PolicyIO:
     tokenize: Tokenize
     #: bool [real action dims]: dims trained as deltas from the chunk's first state (None: absolute)
     delta_mask: np.ndarray | None = None
+    #: bool [real state dims]: dims fed as 0 (the normalised mean), ``model.state_hidden``
+    state_hidden: np.ndarray | None = None
 
     @classmethod
     def from_params(cls, params, norm_stats_dir: str | Path = "data/norm_stats") -> PolicyIO:
@@ -179,7 +181,13 @@ class PolicyIO:
 
         m = params.model
         tokenizer = for_model(m)
-        delta_mask = params.layout.build().delta_mask() if params.train.delta_actions else None
+        layout = params.layout.build()
+        delta_mask = layout.delta_mask() if params.train.delta_actions else None
+        state_hidden = None
+        if m.state_hidden:
+            state_hidden = np.zeros(layout.real_action_dim, bool)
+            for name in m.state_hidden:
+                state_hidden[list(layout.group(name).indices)] = True
         return cls(
             norm_stats=load_norm_stats(Path(norm_stats_dir) / f"{params.train.norm_stats}.json", delta_mask),
             min_std=params.normstats.min_std,
@@ -189,11 +197,16 @@ class PolicyIO:
             model_cameras=image_inputs(params),
             tokenize=tokenizer.tokenize,
             delta_mask=delta_mask,
+            state_hidden=state_hidden,
         )
 
     def observation(self, batch: Mapping) -> dict:
         """Model observation arrays: images, image_masks, state, tokenized_prompt(_mask)."""
-        state = pad_to_dim(normalize(batch["state"], self.norm_stats["state"], self.min_std), self.action_dim)
+        state = normalize(batch["state"], self.norm_stats["state"], self.min_std)
+        if self.state_hidden is not None:
+            state = state.copy()
+            state[..., : len(self.state_hidden)][..., self.state_hidden] = 0.0
+        state = pad_to_dim(state, self.action_dim)
         batch_size = state.shape[0]
         images, masks = {}, {}
         by_model = {m: d for d, m in self.camera_map.items()}
