@@ -282,6 +282,11 @@ class EvalConfig:
     max_steps: int = Field(150, gt=0)
     rollout_seed: int = 10_000
     n_action_steps: int = Field(2, gt=0)
+    #: closed loop: the flow's starting noise at each replan. ``fresh``: a new draw per call (keyed by
+    #: scene and call); ``per_scene``: one draw per scene, reused at every replan, so the policy is a
+    #: fixed function of what it sees and consecutive chunks do not disagree by sampling alone;
+    #: ``zero``: the noise distribution's mean.
+    noise: Literal["fresh", "per_scene", "zero"] = "fresh"
     #: scenes rolled out in lockstep, the policy sampling one batch of chunks for all of them
     parallel_envs: int = Field(60, gt=0)
     videos: int = Field(2, ge=0)

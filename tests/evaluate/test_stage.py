@@ -110,3 +110,41 @@ def test_eval_noise_is_fixed_by_seed_batch_and_sample():
 
 def test_json_safe_turns_undefined_ratios_into_null():
     assert stage.json_safe({"a": [1.0, float("nan")], "b": float("inf")}) == {"a": [1.0, None], "b": None}
+
+
+@pytest.mark.parametrize("mode", ["fresh", "per_scene", "zero"])
+def test_closed_loop_noise_modes(mode, tmp_path):
+    """``eval.noise``: a new draw per replan, one draw per scene reused at every replan, or zeros."""
+    params = config.from_dict(
+        {
+            "dataset": {"sim": {"resolution": 16}},
+            "eval": {"rollouts": 2, "parallel_envs": 2, "max_steps": 6, "videos": 0, "noise": mode},
+            "model": {"action_horizon": 4},
+        }
+    )
+    seen = []
+
+    class HoldIO:  # the policy holds the pose, so every scene runs to max_steps
+        action_dim = 32
+
+        def observation(self, batch):
+            return {"state": batch["state"]}
+
+        def robot_actions(self, chunks, state):
+            hold = np.repeat(state[:, None, :23], chunks.shape[1], axis=1)
+            hold[..., 0:3] = 0.0
+            return hold
+
+    def sampler(observation, noise):
+        seen.append(np.array(noise))
+        return np.zeros_like(noise)
+
+    expert = {"episodes": 2, "successes": 2, "success_rate": 1.0, "arm_path": 1.0, "base_distance": 1.0}
+    stage.closed_loop_eval(params, sampler, HoldIO(), tmp_path, expert)
+    assert len(seen) == 3 and all(n.shape == (2, 4, 32) for n in seen)  # 6 steps, replanning every 2
+    if mode == "zero":
+        assert all(not n.any() for n in seen)
+        return
+    assert not np.array_equal(seen[0][0], seen[0][1])  # scenes draw their own noise
+    same_each_call = all(np.array_equal(seen[0], n) for n in seen[1:])
+    assert same_each_call == (mode == "per_scene")

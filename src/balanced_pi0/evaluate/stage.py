@@ -312,8 +312,12 @@ def closed_loop_eval(
         noise = []
         for s in seeds:
             calls[s] = calls.get(s, -1) + 1
-            noise.append(flow_noise(params.train.seed, s, calls[s], (horizon, policy_io.action_dim)))
-        chunks = sampler(policy_io.observation(batch), np.stack(noise))
+            call = 0 if ec.noise == "per_scene" else calls[s]
+            noise.append(flow_noise(params.train.seed, s, call, (horizon, policy_io.action_dim)))
+        noise = np.stack(noise)
+        if ec.noise == "zero":
+            noise = np.zeros_like(noise)
+        chunks = sampler(policy_io.observation(batch), noise)
         return policy_io.robot_actions(chunks, batch["state"])
 
     summary = run_rollouts(
