@@ -26,6 +26,7 @@ import numpy as np
 from balanced_pi0 import config as _config
 from balanced_pi0 import io
 from balanced_pi0.errors import InputError
+from balanced_pi0.evaluate.closed_loop import ARM_REACH_DISPLACEMENT
 from balanced_pi0.groups import GroupLayout
 
 #: confidence level of every interval in the paper
@@ -385,6 +386,7 @@ def _setup(params: _config.Params, split: Path, arm_heavy: Path, analyze: Path) 
         "image_resolution": params.model.image_resolution,
         "peak_lr": params.train.optimizer.peak_lr,
         "n_action_steps": params.eval.n_action_steps,
+        "arm_reach_displacement": ARM_REACH_DISPLACEMENT,
         "effective_group_weights": effective,
         "analyze": _read_json(analyze),
     }
