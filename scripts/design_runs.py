@@ -1,6 +1,6 @@
 """Tabulate short design runs: for each run folder (``bpi0 train`` + ``bpi0 eval`` outputs), the params
-that differ from ``params.yaml`` (from the run's ``metadata.json``), the dataset's sim params that differ,
-and the closed-loop outcome counts (from ``eval/metrics.json``).
+that differ from ``params.yaml`` (from the run's ``metadata.json``), a note, and the closed-loop outcome
+counts (from ``eval/metrics.json``).
 
     uv run python scripts/design_runs.py RUN_DIR[#NOTE]... > results/design_runs.tsv
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-#: params a run may differ in that say nothing about the design (paths, seeds are their own column)
+#: params a run may differ in that say nothing about the design (the seed is its own column)
 _IGNORED = ("train.seed",)
 
 
