@@ -308,15 +308,16 @@ def closed_loop_eval(
             },
             "prompt": [o["prompt"] for o in observations],
         }
-        # noise keyed by (scene seed, call): a scene's rollout does not depend on the other scenes
-        noise = []
-        for s in seeds:
-            calls[s] = calls.get(s, -1) + 1
-            call = 0 if ec.noise == "per_scene" else calls[s]
-            noise.append(flow_noise(params.train.seed, s, call, (horizon, policy_io.action_dim)))
-        noise = np.stack(noise)
+        shape = (horizon, policy_io.action_dim)
         if ec.noise == "zero":
-            noise = np.zeros_like(noise)
+            noise = np.zeros((len(seeds), *shape), np.float32)
+        else:  # keyed by (scene seed, call): a scene's rollout does not depend on the other scenes
+            noise = []
+            for s in seeds:
+                calls[s] = calls.get(s, -1) + 1
+                call = 0 if ec.noise == "per_scene" else calls[s]
+                noise.append(flow_noise(params.train.seed, s, call, shape))
+            noise = np.stack(noise)
         chunks = sampler(policy_io.observation(batch), noise)
         return policy_io.robot_actions(chunks, batch["state"])
 
