@@ -19,10 +19,10 @@ their policies; the hand positions are part of R1Pro's proprioception in
 BEHAVIOR-1K (``eef_left_pos``/``eef_right_pos``, robot frame) and of Meta-World's
 observation. Without the cube's position the tiny policies of the embedded default
 would have to find a 2.5 cm cube anywhere on a 4 m disc from 32 px images, which
-they do not learn on two CPU cores. Without the hand positions they stop 5-8 cm
-short of the cube: the hand-to-cube offset would have to be learned through the
-arm's forward kinematics. With both, the problem left is the one the project
-studies: turning a known goal into base and arm motion.
+they do not learn on two CPU cores. Adding the hand positions made no
+measurable difference to the reference's success in two single-seed design runs;
+they stay because R1Pro's policies observe them. With both, the problem left is
+the one the project studies: turning a known goal into base and arm motion.
 
 Task: a cube of a named colour is placed either within reach of the start pose
 (arm-heavy) or 1.5-4 m away (base-heavy); the prompt names the colour and the
