@@ -76,7 +76,7 @@ class LayoutConfig:
 # --------------------------------------------------------------------------------------
 @section
 class SimConfig:
-    episodes: int = Field(200, gt=0)
+    episodes: int = Field(600, gt=0)
     seed: int = 0
     resolution: int = Field(32, ge=16)
     fps: int = Field(10, gt=0)
