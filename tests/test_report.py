@@ -96,7 +96,13 @@ def test_pooled_success_sums_seeds_and_tests_the_difference():
         "delta": {s: {"successes": 45, "episodes": 60, "outcomes": {"success": 45}} for s in range(3)},
         "same": {s: {"successes": 31, "episodes": 60, "outcomes": None} for s in range(3)},
     }
+    closed["main"][0]["per_seed"] = [
+        {"outcome": "wrong_place", "closest_approach_m": d} for d in (0.1, 0.2)
+    ] + [{"outcome": "arm_idle", "closest_approach_m": 0.01}]
+    closed["main"][1]["per_seed"] = [{"outcome": "wrong_place", "closest_approach_m": 0.9}]
     pooled = report.pooled_success(closed)
+    assert pooled["main"]["wrong_place_closest_m"] == pytest.approx(0.2)  # median over seeds, failures only
+    assert pooled["delta"]["wrong_place_closest_m"] is None
     assert pooled["main"]["successes"] == 90 and pooled["main"]["rollouts"] == 180
     assert pooled["main"]["outcomes"]["arm_idle"] == 90 and pooled["same"]["outcomes"]["success"] == 0
     assert pooled["main"]["lo"] < 0.5 < pooled["main"]["hi"]

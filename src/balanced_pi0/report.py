@@ -139,8 +139,9 @@ def min_detectable_difference(p: float, n: int) -> float:
 
 
 def pooled_success(closed: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
-    """Per variant: successes and rollouts over all seeds, the rate, its Wilson interval, outcomes."""
-    from balanced_pi0.evaluate.closed_loop import OUTCOMES, wilson_interval
+    """Per variant: successes and rollouts over all seeds, the rate, its Wilson interval, outcomes, and
+    the median closest approach of its wrong-place failures over all seeds (m; None without any)."""
+    from balanced_pi0.evaluate.closed_loop import OUTCOMES, median_closest, wilson_interval
 
     out = {}
     for v, runs in closed.items():
@@ -155,6 +156,9 @@ def pooled_success(closed: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dic
             "lo": lo,
             "hi": hi,
             "outcomes": outcomes,
+            "wrong_place_closest_m": median_closest(
+                [e for r in runs.values() for e in r.get("per_seed", [])]
+            ),
         }
     return out
 

@@ -197,6 +197,30 @@ def test_summary_counts_outcomes_and_is_none_without_progress():
     assert cl.summarize([plain], R1PRO, fps=10.0)["outcomes"] is None
 
 
+def test_closest_approach_of_wrong_place_failures():
+    """Each rollout's nearest hand distance; the median over the wrong-place failures only."""
+    import dataclasses
+
+    states = np.zeros((3, 23))
+    states[2, R1PRO.group("left_arm").start] = 0.5  # the named (left) arm moved: wrong place
+    near = _with_progress(states, [1, 1, 1])
+    far = _with_progress(states, [1, 1, 1])
+    idle = _with_progress(np.zeros((3, 23)), [1, 1, 1])
+    rollouts = [
+        dataclasses.replace(r, progress={**r.progress, "hand_distance": np.asarray(d)})
+        for r, d in ((near, [0.5, 0.07, 0.2]), (far, [0.5, 0.4, 0.3]), (idle, [0.01, 0.01, 0.01]))
+    ]
+    s = cl.summarize(rollouts, R1PRO, fps=10.0)
+    assert [e["closest_approach_m"] for e in s["per_seed"]] == pytest.approx([0.07, 0.3, 0.01])
+    assert [e["outcome"] for e in s["per_seed"]] == ["wrong_place", "wrong_place", "arm_idle"]
+    assert s["wrong_place_closest_m"] == pytest.approx(np.median([0.07, 0.3]))  # the idle arm left out
+    no_distance = cl.summarize([near], R1PRO, fps=10.0)
+    assert (
+        no_distance["wrong_place_closest_m"] is None
+        and "closest_approach_m" not in no_distance["per_seed"][0]
+    )
+
+
 @pytest.mark.parametrize(("moved", "expected"), [([0, 0, 0], "arm_idle"), ([0, 1, 1], "wrong_place")])
 def test_single_arm_failure_breakdown_and_motion(moved, expected):
     """Meta-World: no base, one arm whose hand position leads the state."""

@@ -10,7 +10,9 @@ Reported per policy: success rate with a Wilson 95 % interval, time to success, 
 fraction of unfinished steps in which both arms are idle (the stagnation signature),
 base distance and arm path length, compared with the expert on the same seeds, and why
 each failed rollout failed (``outcome``: the base never arrived, the arm stayed idle, the
-wrong arm moved, or the right arm reached the wrong place). An env of several tasks (Meta-World's
+wrong arm moved, or the right arm reached the wrong place; for an env that reports the hand's
+distance to its target, how near each rollout came, and the median of that over the wrong-place
+failures, ``wrong_place_closest_m``). An env of several tasks (Meta-World's
 ``metaworld:<task>,...``; its ``task`` attribute names the scene's task after each reset) gets the
 same summary per task too (``by_task``), so one multi-task run reports every task's success.
 """
@@ -18,7 +20,7 @@ same summary per task too (``by_task``), so one multi-task run reports every tas
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -237,6 +239,25 @@ def motion(r: Rollout, layout: GroupLayout, fps: float) -> dict[str, float]:
     return {"base_distance": base_dist, "arm_path": float(np.linalg.norm(dq, axis=-1).sum())}
 
 
+def closest_approach(r: Rollout) -> float | None:
+    """The named hand's smallest distance to its target over the rollout (m), from the env's
+    ``hand_distance`` progress; None when the env reports none (Meta-World)."""
+    if r.progress is None or "hand_distance" not in r.progress:
+        return None
+    return float(np.min(r.progress["hand_distance"]))
+
+
+def median_closest(entries: Sequence[Mapping[str, Any]], outcome_name: str = "wrong_place") -> float | None:
+    """Median ``closest_approach_m`` of the ``per_seed`` entries that ended as ``outcome_name``: how
+    near the failures of that kind came (None when there are none, or the env reports no distance)."""
+    d = [
+        e["closest_approach_m"]
+        for e in entries
+        if e.get("outcome") == outcome_name and "closest_approach_m" in e
+    ]
+    return float(np.median(d)) if d else None
+
+
 def idle_arm_steps(r: Rollout, layout: GroupLayout) -> tuple[int, int]:
     """(steps where every arm is idle, steps before success) — the stagnation signature."""
     unfinished = r.steps_to_success if r.success else r.steps
@@ -277,6 +298,13 @@ def _summarize(rollouts: Sequence[Rollout], layout: GroupLayout, fps: float) -> 
     moves = [motion(r, layout, fps) for r in rollouts]
     times = [r.steps_to_success / fps for r in rollouts if r.success]
     outcomes = [outcome(r, layout) for r in rollouts]
+    per_seed = []
+    for r, m, o in zip(rollouts, moves, outcomes, strict=True):
+        entry = {"seed": r.seed, "success": r.success, "steps": r.steps, "outcome": o, **m}
+        closest = closest_approach(r)
+        if closest is not None:
+            entry["closest_approach_m"] = closest
+        per_seed.append(entry)
     return {
         "episodes": n,
         "successes": int(k),
@@ -287,10 +315,8 @@ def _summarize(rollouts: Sequence[Rollout], layout: GroupLayout, fps: float) -> 
         "base_distance": float(np.sum([m["base_distance"] for m in moves])),
         "arm_path": float(np.sum([m["arm_path"] for m in moves])),
         "outcomes": {o: sum(x == o for x in outcomes) for o in OUTCOMES} if None not in outcomes else None,
-        "per_seed": [
-            {"seed": r.seed, "success": r.success, "steps": r.steps, "outcome": o, **m}
-            for r, m, o in zip(rollouts, moves, outcomes, strict=True)
-        ],
+        "wrong_place_closest_m": median_closest(per_seed),
+        "per_seed": per_seed,
     }
 
 
