@@ -26,15 +26,27 @@ def test_episodes_contract_and_success_print(capsys):
     assert "expert success" in capsys.readouterr().out
 
 
-def test_same_config_same_episodes():
-    cfg = SimConfig(episodes=2, resolution=16, seed=1)
-    a, b = list(generate_episodes(cfg, CAMERAS)), list(generate_episodes(cfg, CAMERAS))
+def _assert_same(a, b) -> None:
     for x, y in zip(a, b, strict=True):
         assert (x.task, x.seed, x.success, x.arm_heavy) == (y.task, y.seed, y.success, y.arm_heavy)
         np.testing.assert_array_equal(x.state, y.state)
         np.testing.assert_array_equal(x.action, y.action)
         for cam in CAMERAS:
             np.testing.assert_array_equal(x.images[cam], y.images[cam])
+
+
+def test_same_config_same_episodes():
+    cfg = SimConfig(episodes=2, resolution=16, seed=1)
+    _assert_same(list(generate_episodes(cfg, CAMERAS)), list(generate_episodes(cfg, CAMERAS)))
+
+
+def test_worker_processes_change_no_byte():
+    """Episodes rolled out by two worker processes (one env each, every env reused across episodes)
+    equal those of one env in this process, in the same order: nothing carries across resets."""
+    cfg = SimConfig(episodes=5, resolution=16, seed=2, action_noise=0.1)
+    _assert_same(
+        list(generate_episodes(cfg, CAMERAS, workers=0)), list(generate_episodes(cfg, CAMERAS, workers=2))
+    )
 
 
 def test_episode_seeds_are_distinct_across_configs():
@@ -61,3 +73,16 @@ def test_action_noise_perturbs_the_executed_actions_and_records_the_experts():
     # off by the noise when not
     np.testing.assert_allclose(clean.state[1:, :3], clean.action[:-1, :3], atol=1e-6)
     assert np.abs(noisy.state[1:, :3] - noisy.action[:-1, :3]).max() > 0.01
+
+
+def test_a_worker_that_fails_stops_the_generation_instead_of_hanging():
+    """An env that cannot start in a worker (here: an unknown camera) ends the run with an error;
+    a pool that replaced dead workers would wait forever."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from balanced_pi0.errors import InputError
+
+    with pytest.raises(InputError, match="camera"):
+        list(generate_episodes(SimConfig(episodes=2, resolution=16), ("nose",), workers=0))
+    with pytest.raises(BrokenProcessPool, match="sim worker process died before episode 1 of 2"):
+        list(generate_episodes(SimConfig(episodes=2, resolution=16), ("nose",), workers=1))
