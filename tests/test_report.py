@@ -87,6 +87,39 @@ def test_min_detectable_difference_is_the_two_proportion_power_formula():
     assert report.min_detectable_difference(1.0, 180) == report.min_detectable_difference(0.95, 180)
 
 
+def test_overdispersion_is_pearson_chi2_over_df_pooled_over_cells():
+    # Seeds at 10, 30 and 50 of 60 (pooled 50 %): χ² = Σ (k − 30)² / (60 · 0.25) = 800 / 15 on 2 df.
+    spread = [(10, 60), (30, 60), (50, 60)]
+    d = report.overdispersion([spread])
+    assert d["phi"] == pytest.approx(800 / 15 / 2) and d["df"] == 2
+    assert d["dispersion"] == d["phi"]
+    # Seeds that agree exactly add df but no χ²; cells at 0 or 100 % and single seeds add nothing.
+    d = report.overdispersion([spread, [(30, 60)] * 3, [(60, 60)] * 3, [(0, 60)] * 2, [(20, 60)]])
+    assert d["phi"] == pytest.approx(800 / 15 / 4) and d["df"] == 4
+    # Less spread than binomial noise does not shrink the variance below the binomial one.
+    assert report.overdispersion([[(30, 60)] * 3])["dispersion"] == 1.0
+    perfect = report.overdispersion([[(60, 60)] * 3])  # nothing to estimate it from
+    assert perfect["df"] is None and perfect["dispersion"] == 1.0 and math.isnan(perfect["phi"])
+
+
+def test_dispersion_widens_the_smallest_detectable_difference_and_the_test():
+    base = report.min_detectable_difference(0.5, 180)
+    # φ scales the variance: √φ the difference (normal quantiles without df) ...
+    assert report.min_detectable_difference(0.5, 180, dispersion=4.0) == pytest.approx(2 * base)
+    # ... and Student-t quantiles on few df widen it further.
+    assert report.min_detectable_difference(0.5, 180, dispersion=4.0, df=4) > 2 * base
+    main = {"successes": 90, "rollouts": 180, "rate": 0.5}
+    more = {"successes": 115, "rollouts": 180, "rate": 115 / 180}  # +13.9 points: z ≈ 2.7
+    assert report.pooled_verdict(main, more) == "better"
+    assert report.pooled_verdict(main, more, dispersion=3.0, df=22) == "no detectable difference"
+    assert report.pooled_verdict(main, more, dispersion=1.0, df=0) == "undetermined"
+    # seeds needed for 15 points at 50 %, 60 rollouts a seed: 3 when rollouts are independent, more with φ
+    independent = {"dispersion": 1.0, "df": 10_000}
+    assert report.seeds_needed(0.5, 60, independent) == 3
+    assert report.seeds_needed(0.5, 60, {"dispersion": 3.0, "df": 22}) > 3 * 2
+    assert report.seeds_needed(0.5, 60, {"dispersion": 1.0, "df": None}) is None
+
+
 def test_pooled_success_sums_seeds_and_tests_the_difference():
     closed = {
         "main": {
@@ -114,7 +147,16 @@ def test_pooled_success_sums_seeds_and_tests_the_difference():
     c = [c for c in summary["comparisons"] if c["metric"] == "pooled_success"]
     assert [x["variant"] for x in c] == ["delta", "same"]
     assert c[0]["diff"]["mean"] == pytest.approx(0.25) and c[0]["min_detectable_difference"] > 0.1
+    assert c[0]["min_detectable_difference"] == c[0]["min_detectable_if_independent"]  # no dispersion given
     assert "smallest detectable difference" in report.finding_text(c[0])
+    # With the seeds' dispersion, the same comparison needs a larger difference.
+    dispersion = report.overdispersion(report.seed_cells(closed))
+    assert dispersion["df"] == 6 and dispersion["dispersion"] == 1.0  # every seed of a variant agrees
+    wide = {"phi": 9.0, "dispersion": 9.0, "df": 4}
+    c = [c for c in report.summarize(per_run, {"q": ["main", "delta"]}, pooled, wide)["comparisons"]]
+    c = next(x for x in c if x["metric"] == "pooled_success")
+    assert c["min_detectable_difference"] > 3 * c["min_detectable_if_independent"]
+    assert c["verdict"] == "no detectable difference"
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ variant and the question's reference variant, with its t interval. Closed-loop s
 also pooled over seeds (every run rolls out the same held-out scenes), with a Wilson
 interval, and each comparison states the smallest success difference it could detect
 (``min_detectable_difference``: two-sided 5 % test, 80 % power, at the reference's rate).
+The rollouts of one seed share one policy, so pooled tests scale the binomial variance by the
+seeds' measured overdispersion (``overdispersion``) rather than treat rollouts as independent.
 """
 
 from __future__ import annotations
@@ -128,14 +130,50 @@ def _normal_cdf(z: float) -> float:
     return 0.5 * (1 + math.erf(z / math.sqrt(2)))
 
 
-def min_detectable_difference(p: float, n: int) -> float:
+def _quantiles(df: int | None) -> tuple[float, float]:
+    """(two-sided 5 % critical value, 80 % power quantile): normal, or Student-t on ``df`` degrees."""
+    if df is None:
+        return Z_ALPHA, Z_POWER
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + CI_LEVEL / 2, df)), float(t.ppf(0.8, df))
+
+
+def min_detectable_difference(p: float, n: int, dispersion: float = 1.0, df: int | None = None) -> float:
     """Smallest difference of two success rates, each over ``n`` rollouts, that a two-sided 5 % test
     detects with 80 % power when the reference succeeds at rate ``p`` (normal approximation; p is
-    kept inside [0.05, 0.95] so that a perfect or null reference does not claim infinite power)."""
-    if n <= 0:
+    kept inside [0.05, 0.95] so that a perfect or null reference does not claim infinite power).
+
+    ``dispersion`` (φ, ``overdispersion``) scales the binomial variance for rollouts that are not
+    independent (one policy per seed); with its ``df`` the quantiles are Student-t's."""
+    if n <= 0 or (df is not None and df < 1):
         return float("nan")
     p = min(max(p, 0.05), 0.95)
-    return (Z_ALPHA + Z_POWER) * math.sqrt(2 * p * (1 - p) / n)
+    z_alpha, z_power = _quantiles(df)
+    return (z_alpha + z_power) * math.sqrt(dispersion * 2 * p * (1 - p) / n)
+
+
+def overdispersion(cells: Sequence[Sequence[tuple[int, int]]]) -> dict[str, Any]:
+    """How much more success varies between seeds than independent rollouts would let it.
+
+    ``cells``: per variant (or variant and task), each seed's (successes, rollouts). The rollouts
+    of one seed share one trained policy, so they are not independent draws: seeds differ by more
+    than binomial noise. φ is Pearson's χ² of the seeds' successes about their cell's pooled rate,
+    over its degrees of freedom (Σ seeds − 1), pooled over the cells (quasi-binomial; cells at 0 or
+    100 % carry no information on it and are left out). ``dispersion`` = max(1, φ) multiplies every
+    binomial variance of a pooled rate, so tests and the smallest detectable difference account for
+    the seeds; ``df`` goes with it (None when no cell has two seeds and a rate inside (0, 1)).
+    """
+    chi2, df = 0.0, 0
+    for cell in cells:
+        k, n = sum(c[0] for c in cell), sum(c[1] for c in cell)
+        if len(cell) < 2 or n == 0 or k in (0, n):
+            continue
+        p = k / n
+        chi2 += sum((ki - ni * p) ** 2 / (ni * p * (1 - p)) for ki, ni in cell)
+        df += len(cell) - 1
+    phi = chi2 / df if df else float("nan")
+    return {"phi": phi, "dispersion": max(1.0, phi) if df else 1.0, "df": df or None}
 
 
 def pooled_success(closed: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
@@ -167,8 +205,11 @@ def summarize(
     per_run: Mapping[str, Mapping[int, Mapping[str, float]]],
     questions: Mapping[str, Sequence[str]],
     pooled: Mapping[str, Mapping[str, Any]] | None = None,
+    dispersion: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``per_run[variant][seed][metric]`` → per-variant intervals and paired comparisons."""
+    """``per_run[variant][seed][metric]`` → per-variant intervals and paired comparisons; pooled
+    success is tested with the seeds' ``dispersion`` (``overdispersion``; none: independent rollouts)."""
+    phi, df = (dispersion["dispersion"], dispersion["df"]) if dispersion else (1.0, None)
     variants = {
         v: {m: clip_interval(t_interval([runs[s][m] for s in sorted(runs)]), m) for m, _, _ in METRICS}
         for v, runs in per_run.items()
@@ -200,27 +241,62 @@ def summarize(
                         "metric": "pooled_success",
                         "diff": {"mean": b["rate"] - a["rate"], "n": min(a["rollouts"], b["rollouts"])},
                         "min_detectable_difference": min_detectable_difference(
+                            a["rate"], min(a["rollouts"], b["rollouts"]), phi, df
+                        ),
+                        # what the same rollouts could resolve if each were an independent draw
+                        "min_detectable_if_independent": min_detectable_difference(
                             a["rate"], min(a["rollouts"], b["rollouts"])
                         ),
-                        "verdict": pooled_verdict(a, b),
+                        "verdict": pooled_verdict(a, b, phi, df),
                     }
                 )
-    return {"variants": variants, "comparisons": comparisons, "pooled_success": dict(pooled or {})}
+    return {
+        "variants": variants,
+        "comparisons": comparisons,
+        "pooled_success": dict(pooled or {}),
+        "dispersion": dict(dispersion) if dispersion else None,
+    }
 
 
-def pooled_verdict(ref: Mapping[str, Any], var: Mapping[str, Any]) -> str:
-    """Two-proportion test (pooled rollouts, two-sided 5 %) of the variant against the reference."""
+def pooled_verdict(
+    ref: Mapping[str, Any], var: Mapping[str, Any], dispersion: float = 1.0, df: int | None = None
+) -> str:
+    """Two-proportion test (pooled rollouts, two-sided 5 %) of the variant against the reference;
+    the variance is scaled by ``dispersion`` and judged on Student-t's ``df`` (``overdispersion``)."""
     n1, n2 = ref["rollouts"], var["rollouts"]
-    if not n1 or not n2:
+    if not n1 or not n2 or (df is not None and df < 1):
         return "undetermined"
     p = (ref["successes"] + var["successes"]) / (n1 + n2)
-    se = math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
+    se = math.sqrt(dispersion * p * (1 - p) * (1 / n1 + 1 / n2))
     if se == 0:
         return "no detectable difference"
     z = (var["rate"] - ref["rate"]) / se
-    if abs(z) < Z_ALPHA:
+    if abs(z) < _quantiles(df)[0]:
         return "no detectable difference"
     return "better" if z > 0 else "worse"
+
+
+#: the success difference the experiment is meant to resolve; the paper says how many seeds that takes
+TARGET_DIFFERENCE = 0.15
+
+
+def seeds_needed(
+    p: float, rollouts: int, dispersion: Mapping[str, Any], target: float = TARGET_DIFFERENCE
+) -> int | None:
+    """Seeds per variant (of ``rollouts`` each) at which the smallest detectable difference at the
+    reference's rate ``p`` reaches ``target``, with the measured dispersion and its df (None: never
+    within 1000 seeds, or no dispersion estimate)."""
+    if dispersion.get("df") is None:
+        return None
+    for k in range(1, 1001):
+        if min_detectable_difference(p, k * rollouts, dispersion["dispersion"], dispersion["df"]) <= target:
+            return k
+    return None
+
+
+def seed_cells(closed: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> list[list[tuple[int, int]]]:
+    """``overdispersion``'s cells from closed-loop summaries: per variant, each seed's counts."""
+    return [[(r["successes"], r["episodes"]) for _, r in sorted(runs.items())] for runs in closed.values()]
 
 
 def finding_text(c: Mapping[str, Any]) -> str:
@@ -417,7 +493,14 @@ def run(
         raise InputError(f"report.questions: variants {missing} are not in ablation.variants")
     gen = paper_src.parent / "generated"
     per_run, closed = collect(params, runs_dir)
-    summary = summarize(per_run, questions, pooled_success(closed))
+    pooled = pooled_success(closed)
+    dispersion = overdispersion(seed_cells(closed)) if closed else None
+    if dispersion and params.report.reference in pooled:
+        dispersion["seeds_for_target"] = seeds_needed(
+            pooled[params.report.reference]["rate"], params.eval.rollouts, dispersion
+        )
+        dispersion["target_difference"] = TARGET_DIFFERENCE
+    summary = summarize(per_run, questions, pooled, dispersion)
     results = {
         "setup": _setup(params, Path(split), Path(arm_heavy), Path(analyze)),
         "reference": params.report.reference,
@@ -528,6 +611,16 @@ def metaworld_tables(
                 "per_seed": {str(s): overall[s] for s in seeds},
             },
         }
+    # Seeds of one variant differ by more than binomial noise: every pooled test carries the
+    # overdispersion measured over all (variant, task) cells, as in the main experiment.
+    dispersion = overdispersion(
+        [
+            [(r["successes"], r["rollouts"]) for _, r in sorted(var["by_task"][t]["per_seed"].items())]
+            for var in variants.values()
+            for t in tasks
+        ]
+    )
+    phi, df = dispersion["dispersion"], dispersion["df"]
     comparisons = []
     if reference in variants:
         ref = variants[reference]
@@ -545,8 +638,9 @@ def metaworld_tables(
                         "task": t or "all",
                         "diff": b["rate"] - a["rate"],
                         "rollouts": n,
-                        "min_detectable_difference": min_detectable_difference(a["rate"], n),
-                        "verdict": pooled_verdict(a, b),
+                        "min_detectable_difference": min_detectable_difference(a["rate"], n, phi, df),
+                        "min_detectable_if_independent": min_detectable_difference(a["rate"], n),
+                        "verdict": pooled_verdict(a, b, phi, df),
                     }
                 )
             seeds = sorted(set(per_run[reference]) & set(per_run[v]))
@@ -573,6 +667,7 @@ def metaworld_tables(
         },
         "variants": variants,
         "comparisons": comparisons,
+        "dispersion": dispersion,
     }
 
 
@@ -620,6 +715,14 @@ def metaworld_markdown(summary: Mapping[str, Any]) -> str:
                 f"| `{c['variant']}` − `{c['reference']}` | {c['task']} | {signed(c['diff'])} | "
                 f"{c['min_detectable_difference']:.3f} | {c['verdict']} |"
             )
+        d = summary.get("dispersion") or {}
+        if d.get("df"):
+            lines += [
+                "",
+                f"Pooled tests scale the binomial variance by the seeds' overdispersion φ = {d['phi']:.2f} "
+                f"(Pearson χ²/df over every variant's tasks, {d['df']} df; used as max(1, φ)), because the "
+                "rollouts of one seed share one policy.",
+            ]
     return "\n".join(lines) + "\n"
 
 
