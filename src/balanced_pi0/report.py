@@ -209,7 +209,6 @@ def summarize(
 ) -> dict[str, Any]:
     """``per_run[variant][seed][metric]`` → per-variant intervals and paired comparisons; pooled
     success is tested with the seeds' ``dispersion`` (``overdispersion``; none: independent rollouts)."""
-    phi, df = (dispersion["dispersion"], dispersion["df"]) if dispersion else (1.0, None)
     variants = {
         v: {m: clip_interval(t_interval([runs[s][m] for s in sorted(runs)]), m) for m, _, _ in METRICS}
         for v, runs in per_run.items()
@@ -240,14 +239,7 @@ def summarize(
                         "reference": ref,
                         "metric": "pooled_success",
                         "diff": {"mean": b["rate"] - a["rate"], "n": min(a["rollouts"], b["rollouts"])},
-                        "min_detectable_difference": min_detectable_difference(
-                            a["rate"], min(a["rollouts"], b["rollouts"]), phi, df
-                        ),
-                        # what the same rollouts could resolve if each were an independent draw
-                        "min_detectable_if_independent": min_detectable_difference(
-                            a["rate"], min(a["rollouts"], b["rollouts"])
-                        ),
-                        "verdict": pooled_verdict(a, b, phi, df),
+                        **pooled_test(a, b, dispersion),
                     }
                 )
     return {
@@ -274,6 +266,21 @@ def pooled_verdict(
     if abs(z) < _quantiles(df)[0]:
         return "no detectable difference"
     return "better" if z > 0 else "worse"
+
+
+def pooled_test(
+    ref: Mapping[str, Any], var: Mapping[str, Any], dispersion: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The pooled-success comparison of ``var`` against ``ref`` (``pooled_success`` entries): its
+    verdict and smallest detectable difference under the seeds' ``dispersion`` (``overdispersion``;
+    None: independent rollouts), and what the same rollouts would resolve if each were independent."""
+    phi, df = (dispersion["dispersion"], dispersion["df"]) if dispersion else (1.0, None)
+    n = min(ref["rollouts"], var["rollouts"])
+    return {
+        "min_detectable_difference": min_detectable_difference(ref["rate"], n, phi, df),
+        "min_detectable_if_independent": min_detectable_difference(ref["rate"], n),
+        "verdict": pooled_verdict(ref, var, phi, df),
+    }
 
 
 #: the success difference the experiment is meant to resolve; the paper says how many seeds that takes
@@ -620,7 +627,6 @@ def metaworld_tables(
             for t in tasks
         ]
     )
-    phi, df = dispersion["dispersion"], dispersion["df"]
     comparisons = []
     if reference in variants:
         ref = variants[reference]
@@ -638,9 +644,7 @@ def metaworld_tables(
                         "task": t or "all",
                         "diff": b["rate"] - a["rate"],
                         "rollouts": n,
-                        "min_detectable_difference": min_detectable_difference(a["rate"], n, phi, df),
-                        "min_detectable_if_independent": min_detectable_difference(a["rate"], n),
-                        "verdict": pooled_verdict(a, b, phi, df),
+                        **pooled_test(a, b, dispersion),
                     }
                 )
             seeds = sorted(set(per_run[reference]) & set(per_run[v]))
