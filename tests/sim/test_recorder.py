@@ -49,6 +49,19 @@ def test_worker_processes_change_no_byte():
     )
 
 
+def test_in_process_generators_running_at_once_share_nothing():
+    """Two ``workers=0`` generators of different configs, interleaved, each give what they give alone."""
+    a_cfg = SimConfig(episodes=3, resolution=16, seed=3)
+    b_cfg = SimConfig(episodes=3, resolution=24, seed=4, action_noise=0.1)
+    a_gen, b_gen = generate_episodes(a_cfg, CAMERAS, workers=0), generate_episodes(b_cfg, CAMERAS, workers=0)
+    a, b = [], []
+    for x, y in zip(a_gen, b_gen, strict=True):
+        a.append(x)
+        b.append(y)
+    _assert_same(a, list(generate_episodes(a_cfg, CAMERAS, workers=0)))
+    _assert_same(b, list(generate_episodes(b_cfg, CAMERAS, workers=0)))
+
+
 def test_episode_seeds_are_distinct_across_configs():
     seeds = {episode_seed(s, i) for s in range(3) for i in range(50)}
     assert len(seeds) == 150

@@ -80,9 +80,9 @@ def generate_episodes(
     seeds = [episode_seed(sim.seed, i) for i in range(sim.episodes)]
     successes = done = 0
     if workers == 0:
-        _init_worker(sim, tuple(cameras))
-        episodes = map(_worker_rollout, seeds)
-        close = _close_worker
+        roller = _Roller(sim, tuple(cameras))  # this generator's own env: no state shared with others
+        episodes = map(roller, seeds)
+        close = roller.close
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -116,30 +116,38 @@ def generate_episodes(
     print(f"sim: expert success {successes}/{sim.episodes} = {successes / sim.episodes:.1%}")
 
 
-#: the env, expert and DART noise of this process (a pool worker, or the caller with ``workers=0``)
-_WORKER: dict = {}
+class _Roller:
+    """An env, its expert and the DART noise: rolls out the episode of a seed."""
+
+    def __init__(self, sim: SimConfig, cameras: tuple[str, ...]) -> None:
+        self.env = MobileReachEnv(
+            resolution=sim.resolution,
+            cameras=cameras,
+            max_steps=sim.max_steps,
+            fps=sim.fps,
+            arm_heavy_fraction=sim.arm_heavy_fraction,
+        )
+        self.expert = ScriptedExpert()
+        self.noise = self.env.action_noise_scale(sim.action_noise) if sim.action_noise > 0 else None
+
+    def __call__(self, seed: int) -> Episode:
+        return rollout(self.env, self.expert, seed, noise_scale=self.noise)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+#: a pool worker's roller (one per worker process, made by the pool's initializer)
+_WORKER: _Roller | None = None
 
 
 def _init_worker(sim: SimConfig, cameras: tuple[str, ...]) -> None:
-    env = MobileReachEnv(
-        resolution=sim.resolution,
-        cameras=cameras,
-        max_steps=sim.max_steps,
-        fps=sim.fps,
-        arm_heavy_fraction=sim.arm_heavy_fraction,
-    )
-    noise = env.action_noise_scale(sim.action_noise) if sim.action_noise > 0 else None
-    _WORKER.update(env=env, expert=ScriptedExpert(), noise=noise)
+    global _WORKER
+    _WORKER = _Roller(sim, cameras)
 
 
 def _worker_rollout(seed: int) -> Episode:
-    return rollout(_WORKER["env"], _WORKER["expert"], seed, noise_scale=_WORKER["noise"])
-
-
-def _close_worker() -> None:
-    if "env" in _WORKER:
-        _WORKER.pop("env").close()
-    _WORKER.clear()
+    return _WORKER(seed)
 
 
 def _usable_cores() -> int:
