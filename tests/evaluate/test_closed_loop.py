@@ -16,18 +16,31 @@ class ToyEnv:
 
     def __init__(self, max_steps=30):
         self.max_steps = max_steps
+        self.renders = 0
 
     def reset(self, seed):
-        self.t = 0
+        self.t, self.seed = 0, seed
         self.state = np.zeros(23, np.float32)
-        return {"state": self.state.copy(), "images": {"head": np.full((4, 4, 3), seed % 255, np.uint8)}}
+        return {"state": self.state.copy(), "images": self.render()}
 
-    def step(self, action):
+    def step(self, action, render=True):
         self.t += 1
         self.state = np.asarray(action, np.float32).copy()
         success = bool(np.all(self.state[7:14] >= 1.0))
-        obs = {"state": self.state.copy(), "images": {"head": np.full((4, 4, 3), self.t, np.uint8)}}
+        obs = {"state": self.state.copy(), "images": self.render() if render else None}
         return obs, success, self.t >= self.max_steps
+
+    def render(self):
+        """An image that names the scene and the step."""
+        self.renders += 1
+        return {"head": np.full((4, 4, 3), (self.seed * 31 + self.t) % 255, np.uint8)}
+
+
+class EagerEnv(ToyEnv):
+    """ToyEnv that renders every step whatever it is asked: what the harness did before lazy rendering."""
+
+    def step(self, action, render=True):
+        return super().step(action, render=True)
 
 
 def reaching_policy(calls):
@@ -136,6 +149,49 @@ def test_batched_rollouts_equal_one_at_a_time():
         assert (r.seed, r.success, r.steps) == (alone.seed, alone.success, alone.steps)
         np.testing.assert_array_equal(r.states, alone.states)
         np.testing.assert_array_equal(r.actions, alone.actions)
+
+
+@pytest.mark.parametrize("n_action_steps", [1, 3])
+def test_only_the_observations_a_policy_reads_are_rendered(n_action_steps):
+    """Lazy rendering is invisible to the policy: at every query it sees the images an env that
+    renders every step shows, finished scenes included, and nothing else is rendered."""
+    limits = [5, 30, 12]  # scene 0 times out mid-chunk, scene 1 succeeds, scene 2 times out
+
+    def run(make):
+        seen = []
+
+        def policy(obs, seeds):
+            seen.append([(o["state"].copy(), o["images"]["head"].copy()) for o in obs])
+            return np.stack(
+                [reaching_policy([])(o) * (0.3 if s == 2 else 1.0) for o, s in zip(obs, seeds, strict=True)]
+            )
+
+        envs = [make(max_steps=m) for m in limits]
+        rollouts = cl.rollout_batch(envs, policy, [0, 1, 2], n_action_steps=n_action_steps, max_steps=50)
+        return seen, rollouts, envs
+
+    lazy, lazy_rollouts, lazy_envs = run(ToyEnv)
+    eager, eager_rollouts, eager_envs = run(EagerEnv)
+    assert len(lazy) == len(eager)
+    for calls in zip(lazy, eager, strict=True):
+        for (s1, i1), (s2, i2) in zip(*calls, strict=True):
+            np.testing.assert_array_equal(s1, s2)
+            np.testing.assert_array_equal(i1, i2)
+    for a, b in zip(lazy_rollouts, eager_rollouts, strict=True):
+        assert (a.success, a.steps) == (b.success, b.steps)
+        np.testing.assert_array_equal(a.states, b.states)
+    # lazy: one render at reset and one per chunk the env executed; eager: one per step
+    assert [e.renders for e in lazy_envs] == [1 + -(-r.steps // n_action_steps) for r in lazy_rollouts]
+    assert [e.renders for e in eager_envs] == [1 + r.steps for r in eager_rollouts]
+    if n_action_steps > 1:
+        assert sum(e.renders for e in lazy_envs) < sum(e.renders for e in eager_envs)
+
+
+def test_a_recorded_video_renders_every_step():
+    env = ToyEnv()
+    r = cl.rollout(env, reaching_policy([]), seed=3, n_action_steps=4, max_steps=50, record_camera="head")
+    assert r.frames.shape == (r.steps + 1, 4, 4, 3)
+    assert [int(f[0, 0, 0]) for f in r.frames] == [(3 * 31 + t) % 255 for t in range(r.steps + 1)]
 
 
 def test_batch_policy_of_the_wrong_batch_size_is_an_error():
@@ -250,8 +306,8 @@ class TwoTaskEnv(ToyEnv):
         self.task = ("a", "b")[seed % 2]
         return super().reset(seed)
 
-    def step(self, action):
-        obs, success, done = super().step(action)
+    def step(self, action, render=True):
+        obs, success, done = super().step(action, render)
         return obs, success and self.task == "a", done
 
 

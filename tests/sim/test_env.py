@@ -216,3 +216,22 @@ def test_state_ends_with_both_hands_in_the_robot_frame():
     np.testing.assert_allclose(
         obs["state"][sim_env.EE_STATE["right"]], before[sim_env.EE_STATE["right"]], atol=1e-6
     )
+
+
+def test_a_step_without_images_renders_them_on_request():
+    """``step(render=False)`` skips the cameras; ``render()`` then shows what ``step`` would have."""
+    lazy, eager = MobileReachEnv(resolution=16), MobileReachEnv(resolution=16)
+    obs_l, obs_e = lazy.reset(5), eager.reset(5)
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        a = hold(obs_e) + rng.normal(0, 0.3, 23).astype(np.float32)
+        obs_l, _, _ = lazy.step(a, render=False)
+        obs_e, _, _ = eager.step(a)
+        assert obs_l["images"] is None
+        np.testing.assert_array_equal(obs_l["state"], obs_e["state"])
+    images = lazy.render()
+    assert set(images) == set(obs_e["images"])
+    for cam, img in obs_e["images"].items():
+        np.testing.assert_array_equal(images[cam], img)
+    lazy.close()
+    eager.close()

@@ -70,7 +70,7 @@ def test_cameras_see_the_cube_when_the_hand_arrives():
     mocap = env.model.body(f"cube_{env.target.colour}").mocapid[0]
     env.data.mocap_pos[mocap] = (0.0, 0.0, -1.0)
     env._forward()
-    hidden = env._render()
+    hidden = env.render()
     for cam in ("head", f"{env.target.hand}_wrist"):
         assert not np.array_equal(obs["images"][cam], hidden[cam]), cam
     env.close()

@@ -32,6 +32,20 @@ def test_observation_is_state_images_and_prompt(env):
     assert obs["prompt"] == "Press a button from the top"
 
 
+def test_a_step_without_images_renders_them_on_request(env):
+    """``step(render=False)`` skips the camera; ``render()`` then shows what ``step`` would have."""
+    actions = np.random.default_rng(0).uniform(-1, 1, (3, mw.ACTION_DIM))
+
+    def run(lazy):
+        env.reset(7, task="reach-v3")
+        for a in actions:
+            obs, _, _ = env.step(a, render=not lazy)
+        assert (obs["images"] is None) == lazy
+        return env.render() if lazy else obs["images"]
+
+    np.testing.assert_array_equal(run(lazy=True)["corner4"], run(lazy=False)["corner4"])
+
+
 def test_a_scene_is_a_function_of_its_seed(env):
     goal = [env.reset(s, task="reach-v3")["state"][-3:].copy() for s in (1, 2, 1)]
     assert not np.allclose(goal[0], goal[1])

@@ -34,7 +34,7 @@ def make_renderer(model: mujoco.MjModel, resolution: int) -> mujoco.Renderer:
     return renderer
 
 
-def render(
+def render_cameras(
     renderer: mujoco.Renderer, data: mujoco.MjData, cameras: Sequence[str], flipped: Sequence[str] = ()
 ) -> dict[str, np.ndarray]:
     """One uint8 ``[H, W, 3]`` image per camera; those in ``flipped`` turned by 180°."""

@@ -42,7 +42,7 @@ import numpy as np
 
 from balanced_pi0.errors import InputError
 from balanced_pi0.sim import robot
-from balanced_pi0.sim.common import check_action, make_renderer, render
+from balanced_pi0.sim.common import check_action, make_renderer, render_cameras
 
 ACTION_DIM = 23
 #: The 23 proprioceptive dims in action order, then the target's position in the robot frame,
@@ -139,7 +139,8 @@ class MobileReachEnv:
         self._forward()
         return self._observe()
 
-    def step(self, action: np.ndarray) -> tuple[dict, bool, bool]:
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[dict, bool, bool]:
+        """``render=False``: ``obs["images"]`` is None, and ``render()`` gives them for this state."""
         if self.target is None:
             raise InputError("step() before reset()")
         action = check_action(action, ACTION_DIM, "R1Pro")
@@ -151,7 +152,15 @@ class MobileReachEnv:
         if not self.success and self.ee_distance() <= SUCCESS_TOLERANCE:
             self.success, self._success_step = True, self.steps
         settled = self.success and self.steps - self._success_step >= SETTLE_STEPS
-        return self._observe(), self.success, settled or self.steps >= self.max_steps
+        return self._observe(render), self.success, settled or self.steps >= self.max_steps
+
+    def render(self) -> dict[str, np.ndarray]:
+        """One uint8 ``[H, W, 3]`` image per camera, of the current state."""
+        if not self.cameras:
+            return {}
+        if self._renderer is None:
+            self._renderer = make_renderer(self.model, self.resolution)
+        return render_cameras(self._renderer, self.data, self.cameras)
 
     @property
     def arm_heavy(self) -> bool:
@@ -301,12 +310,5 @@ class MobileReachEnv:
         c, s = math.cos(yaw), math.sin(yaw)
         return np.array([c * dx + s * dy, -s * dx + c * dy, world[2]])
 
-    def _observe(self) -> dict:
-        return {"state": self.state(), "images": self._render(), "prompt": self.prompt}
-
-    def _render(self) -> dict[str, np.ndarray]:
-        if not self.cameras:
-            return {}
-        if self._renderer is None:
-            self._renderer = make_renderer(self.model, self.resolution)
-        return render(self._renderer, self.data, self.cameras)
+    def _observe(self, images: bool = True) -> dict:
+        return {"state": self.state(), "images": self.render() if images else None, "prompt": self.prompt}

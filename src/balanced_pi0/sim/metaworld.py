@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from balanced_pi0.errors import InputError
-from balanced_pi0.sim.common import check_action, make_renderer, render
+from balanced_pi0.sim.common import check_action, make_renderer, render_cameras
 from balanced_pi0.sim.recorder import Episode, episode_seed, rollout
 
 ACTION_DIM = 4
@@ -157,7 +157,8 @@ class MetaWorldEnv:
         self.steps, self.success, self.hand_moved = 0, False, False
         return self._observe()
 
-    def step(self, action: np.ndarray) -> tuple[dict, bool, bool]:
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[dict, bool, bool]:
+        """``render=False``: ``obs["images"]`` is None, and ``render()`` gives them for this state."""
         if self.task is None:
             raise InputError("step() before reset()")
         a = check_action(action, ACTION_DIM, "Meta-World")
@@ -166,11 +167,22 @@ class MetaWorldEnv:
         self.success = self.success or bool(info["success"])
         self.hand_moved = self.hand_moved or np.linalg.norm(self.raw_obs[:3] - self._start) > HAND_MOVED
         done = self.success or truncated or self.steps >= self.max_steps
-        return self._observe(), self.success, done
+        return self._observe(render), self.success, done
 
     @property
     def prompt(self) -> str:
         return prompt(self.task)
+
+    def render(self) -> dict[str, np.ndarray]:
+        """One uint8 ``[H, W, 3]`` image per camera, of the current state."""
+        if not self.cameras:
+            return {}
+        env = self._env(self.task)
+        renderer = self._renderers.get(self.task)
+        if renderer is None:
+            env.model.vis.quality.offsamples = 0  # no multisampling: 3x faster, and it is visual only
+            renderer = self._renderers[self.task] = make_renderer(env.model, self.resolution)
+        return render_cameras(renderer, env.data, self.cameras, flipped=_FLIPPED)
 
     def progress(self) -> dict[str, float]:
         """For the failure breakdown: whether the hand has left its start (else the arm stayed idle)."""
@@ -185,19 +197,9 @@ class MetaWorldEnv:
         self._envs.clear()
 
     # --- internals -----------------------------------------------------------------------
-    def _observe(self) -> dict:
+    def _observe(self, images: bool = True) -> dict:
         state = np.asarray(self.raw_obs, np.float64)[_STATE_INDEX].astype(np.float32)
-        return {"state": state, "images": self._render(), "prompt": self.prompt}
-
-    def _render(self) -> dict[str, np.ndarray]:
-        if not self.cameras:
-            return {}
-        env = self._env(self.task)
-        renderer = self._renderers.get(self.task)
-        if renderer is None:
-            env.model.vis.quality.offsamples = 0  # no multisampling: 3x faster, and it is visual only
-            renderer = self._renderers[self.task] = make_renderer(env.model, self.resolution)
-        return render(renderer, env.data, self.cameras, flipped=_FLIPPED)
+        return {"state": state, "images": self.render() if images else None, "prompt": self.prompt}
 
 
 class MetaWorldExpert:
