@@ -27,10 +27,10 @@ import numpy as np  # noqa: E402
 from balanced_pi0 import config as _config  # noqa: E402
 from balanced_pi0.backends import make_backend  # noqa: E402
 from balanced_pi0.curriculum import CurriculumBatches, build_curriculum, load_episode_sets  # noqa: E402
-from balanced_pi0.data.loader import ChunkLoader  # noqa: E402
 from balanced_pi0.data.lowdim import load_lowdim  # noqa: E402
 from balanced_pi0.flow import sample_noise_time  # noqa: E402
 from balanced_pi0.policy_io import PolicyIO  # noqa: E402
+from balanced_pi0.train import loader_factory  # noqa: E402
 
 
 def main() -> None:
@@ -58,18 +58,7 @@ def main() -> None:
     phases = build_curriculum(tc.curriculum[:1], sets)
     policy_io = PolicyIO.from_params(p, args.norm_stats)
 
-    def make_loader(episodes: np.ndarray, seed: int) -> ChunkLoader:
-        return ChunkLoader(
-            args.dataset,
-            action_horizon=p.model.action_horizon,
-            batch_size=tc.batch_size,
-            episodes=episodes.tolist(),
-            cameras=p.dataset.cameras,
-            seed=seed,
-            action_dim=dim,
-        )
-
-    batches = CurriculumBatches(phases, make_loader, tc.seed)
+    batches = CurriculumBatches(phases, loader_factory(p, args.dataset), tc.seed)
     batches.prepare()
     jax_b = make_backend(params["jax"])
     jax_b.init()

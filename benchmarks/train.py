@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 
 from balanced_pi0 import backends, curriculum, flow  # noqa: E402
 from balanced_pi0 import config as _config  # noqa: E402
-from balanced_pi0.data.loader import ChunkLoader  # noqa: E402
 from balanced_pi0.policy_io import PolicyIO  # noqa: E402
+from balanced_pi0.train import loader_factory  # noqa: E402
 
 CAMERAS = ("head", "left_wrist", "right_wrist")
 
@@ -67,15 +67,7 @@ def make_dataset(root: Path, resolution: int) -> tuple[str, str, str]:
 def bench(params: _config.Params, dataset: str, split: str, stats: str, steps: int, warmup: int) -> dict:
     tc = params.train
     episodes = curriculum.load_episode_sets(split, None)["train"]
-    loader = ChunkLoader(
-        dataset,
-        action_horizon=params.model.action_horizon,
-        batch_size=tc.batch_size,
-        episodes=episodes.tolist(),
-        cameras=params.dataset.cameras,
-        seed=0,
-        action_dim=23,
-    )
+    loader = loader_factory(params, dataset)(episodes, 0)
     io = PolicyIO.from_params(params, stats)
     batches = loader.batches()
     backend = backends.make_backend(params)

@@ -147,6 +147,24 @@ def _non_finite(metrics: Mapping[str, float], backend: Backend) -> str | None:
 # --------------------------------------------------------------------------------------
 # The stage
 # --------------------------------------------------------------------------------------
+def loader_factory(params: _config.Params, dataset: str | Path):
+    """``make(episodes, seed) -> ChunkLoader`` of a run's batches: what ``CurriculumBatches`` calls per phase."""
+    from balanced_pi0.data.loader import ChunkLoader
+
+    def make(episodes: np.ndarray, seed: int) -> ChunkLoader:
+        return ChunkLoader(
+            dataset,
+            action_horizon=params.model.action_horizon,
+            batch_size=params.train.batch_size,
+            episodes=episodes.tolist(),
+            cameras=params.dataset.cameras,
+            seed=seed,
+            action_dim=params.layout.build().real_action_dim,
+        )
+
+    return make
+
+
 def train(
     params: _config.Params,
     dataset: str = "data/dataset",
@@ -163,7 +181,6 @@ def train(
     (EMA params by openpi path). ``stop_after`` ends the run early at that step, as a kill would.
     """
     from balanced_pi0 import determinism
-    from balanced_pi0.data.loader import ChunkLoader
     from balanced_pi0.data.lowdim import load_lowdim
     from balanced_pi0.policy_io import PolicyIO
 
@@ -180,17 +197,6 @@ def train(
     check_norm_stats(policy_io, params, norm_stats, state_dim=low.state.shape[1])
     initial = None if tc.init_from is None else io.load_params_npz(Path(tc.init_from))
 
-    def make_loader(episodes: np.ndarray, seed: int) -> ChunkLoader:
-        return ChunkLoader(
-            dataset,
-            action_horizon=params.model.action_horizon,
-            batch_size=tc.batch_size,
-            episodes=episodes.tolist(),
-            cameras=params.dataset.cameras,
-            seed=seed,
-            action_dim=real_action_dim,
-        )
-
     run_dir = Path(out)
     backend = make_backend(params)
     determinism.apply()  # again, now that torch (if it is the backend) is imported: its switches
@@ -198,7 +204,7 @@ def train(
     run_loop(
         params,
         backend,
-        CurriculumBatches(curriculum, make_loader, tc.seed),
+        CurriculumBatches(curriculum, loader_factory(params, dataset), tc.seed),
         policy_io.model_batch,
         run_dir,
         stop_after=stop,
