@@ -29,13 +29,14 @@ from flax import nnx
 from balanced_pi0.backends.jax import pi0 as jax_pi0
 from balanced_pi0.backends.jax.params import export_params
 from balanced_pi0.model_config import SIZES, Pi0Config
-from balanced_pi0.tokenizer import ByteTokenizer
+from balanced_pi0.tokenizer import WordTokenizer
 
 
 def make_batch(cfg: Pi0Config, batch_size: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     res, shape = cfg.image_resolution, (batch_size, cfg.action_horizon, cfg.action_dim)
-    tokens, mask = ByteTokenizer(cfg.max_token_len).tokenize_batch(["pick up the cube"] * batch_size)
+    tok = WordTokenizer(cfg.max_token_len, min(cfg.vocab_size, 8192))
+    tokens, mask = tok.tokenize_batch(["pick up the cube"] * batch_size)
     return {
         "images": {c: rng.uniform(-1, 1, (batch_size, res, res, 3)).astype(np.float32) for c in cfg.cameras},
         "image_masks": {c: np.ones(batch_size, bool) for c in cfg.cameras},

@@ -140,7 +140,7 @@ def test_from_params_builds_the_model_batch_of_a_loader_batch(tmp_path):
     assert set(obs["images"]) == {"base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"}
     np.testing.assert_array_equal(obs["image_masks"]["base_0_rgb"], [True, True])
     np.testing.assert_array_equal(obs["image_masks"]["right_wrist_0_rgb"], [False, False])
-    assert obs["tokenized_prompt"].shape == (2, 48) and obs["tokenized_prompt"].dtype == np.int32
+    assert obs["tokenized_prompt"].shape == (2, 16) and obs["tokenized_prompt"].dtype == np.int32
     assert obs["tokenized_prompt_mask"][0].sum() > obs["tokenized_prompt_mask"][1].sum()
     np.testing.assert_allclose(
         io.robot_actions(out["actions"], batch["state"]), batch["actions"], rtol=1e-5, atol=1e-5

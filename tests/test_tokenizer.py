@@ -6,43 +6,67 @@ import numpy as np
 import pytest
 
 from balanced_pi0.errors import InputError
-from balanced_pi0.model_config import BYTE_VOCAB
-from balanced_pi0.tokenizer import ByteTokenizer, SentencePieceTokenizer
+from balanced_pi0.model_config import SIZES, WORD_VOCAB
+from balanced_pi0.tokenizer import SentencePieceTokenizer, WordTokenizer
 
 BOS, PAD = 2, 0
 
 
-def test_byte_tokens_are_bos_bytes_newline_then_padding():
-    tokens, mask = ByteTokenizer(max_len=12).tokenize("  pick_up\n")
-    # cleaned to "pick up"; bytes shifted by 3 past pad/eos/bos
-    expected = [BOS] + [b + 3 for b in b"pick up"] + [ord("\n") + 3]
+def crc_id(word: str, vocab: int = WORD_VOCAB) -> int:
+    import zlib
+
+    return 3 + zlib.crc32(word.encode()) % (vocab - 3)
+
+
+def test_word_tokens_are_bos_words_newline_then_padding():
+    tokens, mask = WordTokenizer(max_len=8, vocab_size=WORD_VOCAB).tokenize("  pick_up the\ncube \n")
+    # cleaned to "pick up the cube"; one hashed id per word, past pad/eos/bos
+    expected = [BOS, crc_id("pick"), crc_id("up"), crc_id("the"), crc_id("cube"), crc_id("\n")]
     assert tokens.dtype == np.int32 and mask.dtype == np.bool_
-    np.testing.assert_array_equal(tokens, expected + [PAD] * (12 - len(expected)))
-    np.testing.assert_array_equal(mask, [True] * len(expected) + [False] * (12 - len(expected)))
+    np.testing.assert_array_equal(tokens, expected + [PAD] * 2)
+    np.testing.assert_array_equal(mask, [True] * 6 + [False] * 2)
 
 
-def test_byte_ids_fit_the_tiny_vocabulary():
-    tokens, _ = ByteTokenizer(max_len=64).tokenize("ÿ€ unicode ✓ " + "".join(map(chr, range(32, 127))))
-    assert tokens.max() < BYTE_VOCAB
+def test_word_ids_fit_the_vocabulary_and_skip_the_special_ids():
+    tok = WordTokenizer(max_len=64, vocab_size=50)
+    tokens, mask = tok.tokenize("ÿ€ unicode ✓ " + " ".join(map(chr, range(33, 127))))
+    assert tokens[1:][mask[1:]].min() >= 3 and tokens.max() < 50
+
+
+def test_the_prompts_of_every_shipped_task_share_no_word_id():
+    """The embedded task's and all 50 Meta-World tasks' words get distinct ids, and each prompt fits
+    the tiny model's max_token_len (BOS + words + newline): no prompt is cut, no two words merge."""
+    from balanced_pi0.sim import metaworld, robot
+
+    prompts = [f"reach the {c} cube with the {h} hand" for c in robot.COLOURS for h in robot.SIDES]
+    prompts += list(metaworld.task_config()["TASK_DESCRIPTIONS"].values())
+    tiny = SIZES["tiny"]
+    tok = WordTokenizer(tiny.max_token_len, tiny.vocab_size)
+    assert tok.collisions(prompts) == []
+    assert max(len(p.split()) for p in prompts) + 2 <= tiny.max_token_len
+    # and the check can fail: a small vocabulary merges words
+    assert WordTokenizer(16, 64).collisions(prompts)
 
 
 def test_long_prompt_is_truncated_to_max_len():
-    tokens, mask = ByteTokenizer(max_len=5).tokenize("a long instruction")
-    np.testing.assert_array_equal(tokens, [BOS] + [b + 3 for b in b"a lo"])
+    tokens, mask = WordTokenizer(max_len=3, vocab_size=WORD_VOCAB).tokenize("a long instruction")
+    np.testing.assert_array_equal(tokens, [BOS, crc_id("a"), crc_id("long")])
     assert mask.all()
 
 
 def test_batch_stacks_prompts():
-    tok = ByteTokenizer(max_len=8)
-    tokens, mask = tok.tokenize_batch(["go", "reach left"])
+    tok = WordTokenizer(max_len=8, vocab_size=WORD_VOCAB)
+    tokens, mask = tok.tokenize_batch(["go", "reach the left cube"])
     assert tokens.shape == mask.shape == (2, 8)
     np.testing.assert_array_equal(tokens[0], tok.tokenize("go")[0])
-    assert mask.sum(1).tolist() == [4, 8]
+    assert mask.sum(1).tolist() == [3, 6]
 
 
-def test_max_len_too_small_is_an_input_error():
+def test_max_len_or_vocabulary_too_small_is_an_input_error():
     with pytest.raises(InputError, match="max_len"):
-        ByteTokenizer(max_len=1)
+        WordTokenizer(max_len=1, vocab_size=WORD_VOCAB)
+    with pytest.raises(InputError, match="vocab_size"):
+        WordTokenizer(max_len=8, vocab_size=3)
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +136,13 @@ def test_pi0_size_reads_paligemmas_sentencepiece_model_from_params(spm_model, tm
     io = PolicyIO.from_params(params, tmp_path)
     prompt = "reach the red cube"
     np.testing.assert_array_equal(
-        io.tokenize(prompt)[0], SentencePieceTokenizer(spm_model, 48).tokenize(prompt)[0]
+        io.tokenize(prompt)[0],
+        SentencePieceTokenizer(spm_model, params.model.max_token_len).tokenize(prompt)[0],
     )
-    assert not np.array_equal(io.tokenize(prompt)[0], ByteTokenizer(48).tokenize(prompt)[0])
-    assert isinstance(for_model(_model(size="tiny").model), ByteTokenizer)
+    assert not np.array_equal(
+        io.tokenize(prompt)[0], WordTokenizer(params.model.max_token_len, WORD_VOCAB).tokenize(prompt)[0]
+    )
+    assert isinstance(for_model(_model(size="tiny").model), WordTokenizer)
 
 
 def test_pi0_size_without_a_tokenizer_model_stops_naming_the_param(tmp_path):
@@ -128,8 +155,8 @@ def test_pi0_size_without_a_tokenizer_model_stops_naming_the_param(tmp_path):
         PolicyIO.from_params(_model(size="pi0", tokenizer_path=str(missing)), tmp_path)
 
 
-def test_byte_size_given_a_tokenizer_file_is_an_error(spm_model):
+def test_word_size_given_a_tokenizer_file_is_an_error(spm_model):
     from balanced_pi0.tokenizer import for_model
 
-    with pytest.raises(InputError, match=r"model\.tokenizer_path: model size 'tiny' uses the byte tokenizer"):
+    with pytest.raises(InputError, match=r"model\.tokenizer_path: model size 'tiny' uses the word tokenizer"):
         for_model(_model(size="tiny", tokenizer_path=str(spm_model)).model)

@@ -588,11 +588,11 @@ def pi0_params(backend: str, **train_overrides) -> _config.Params:
 
 def pi0_batch(step: int) -> dict:
     from balanced_pi0.model_config import CAMERAS
-    from balanced_pi0.tokenizer import ByteTokenizer
+    from balanced_pi0.tokenizer import WordTokenizer
 
     episodes = make_episodes()
     pio = policy_io(episodes)
-    pio = PolicyIO(**{**pio.__dict__, "model_cameras": CAMERAS, "tokenize": ByteTokenizer(24).tokenize})
+    pio = PolicyIO(**{**pio.__dict__, "model_cameras": CAMERAS, "tokenize": WordTokenizer(24, 8192).tokenize})
     batch = pio.model_batch(ToyLoader(episodes, np.arange(6), 0)._batch(step))
     batch["noise"], batch["time"] = flow.sample_noise_time(0, step, 3, HORIZON, 32)
     return batch
@@ -733,7 +733,7 @@ def test_full_size_without_a_tokenizer_stops_before_building_the_model(
     stage, prepared, tmp_path, monkeypatch, capsys
 ):
     """Size pi0 with no ``model.tokenizer_path``: ``bpi0 train``/``eval`` exit 2 naming the param, and no
-    backend is built (byte ids would otherwise feed PaliGemma's 257k vocabulary in silence)."""
+    backend is built (hashed word ids would otherwise feed PaliGemma's 257k vocabulary in silence)."""
     import yaml
 
     from balanced_pi0 import backends, cli

@@ -182,11 +182,11 @@ class ModelConfig:
     size: Literal["tiny", "dummy", "pi0"] = "tiny"
     action_horizon: int = Field(10, gt=0)
     action_dim: int = Field(_groups.MODEL_ACTION_DIM, gt=0)
-    max_token_len: int = Field(48, gt=0)
+    max_token_len: int = Field(16, gt=0)
     image_resolution: int = Field(32, ge=14)
     dtype: Literal["float32", "bfloat16"] = "float32"
     #: PaliGemma's SentencePiece model (``paligemma_tokenizer.model``) for the sizes with its
-    #: vocabulary (``pi0``, ``dummy``); null for ``tiny``, whose byte tokenizer needs no file
+    #: vocabulary (``pi0``, ``dummy``); null for ``tiny``, whose hashed word tokenizer needs no file
     tokenizer_path: str | None = None
     #: image inputs beyond the dataset's cameras, fed as masked-out blanks (LeRobot's pi0
     #: ``empty_cameras``). A masked image is no key for any token, so blanks change nothing the model

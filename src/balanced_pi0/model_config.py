@@ -2,7 +2,7 @@
 
 Widths follow openpi's ``gemma.get_config`` and big_vision's SigLIP variants.
 ``tiny`` is this project's CPU size (embedded default, tests): Gemma-"dummy"-like
-widths, a byte-level vocabulary, a small SigLIP with small images.
+widths, a hashed word vocabulary, a small SigLIP with small images.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ SIGLIP = {
 
 #: PaliGemma's SentencePiece vocabulary.
 PALIGEMMA_VOCAB = 257_152
-#: Byte-level tokenizer: 256 bytes + BOS, EOS, PAD, newline marker, rounded up.
-BYTE_VOCAB = 260
+#: Hashed word tokenizer (``tokenizer.WordTokenizer``): PAD, EOS, BOS and 8189 word buckets (the
+#: embedded task's and all 50 Meta-World tasks' prompts share none: tests/test_tokenizer.py).
+WORD_VOCAB = 8192
 
 CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 
@@ -63,7 +64,7 @@ class Pi0Config:
     image_resolution: int = 224
     vocab_size: int = PALIGEMMA_VOCAB
     #: the prompt tokenizer the vocabulary belongs to: ``sentencepiece`` (PaliGemma's model, read from
-    #: ``model.tokenizer_path``) or ``byte`` (``tokenizer.ByteTokenizer``, no file)
+    #: ``model.tokenizer_path``) or ``word`` (``tokenizer.WordTokenizer``, no file)
     tokenizer: str = "sentencepiece"
     cameras: tuple[str, ...] = field(default=CAMERAS)
     #: compute dtype; params stay float32
@@ -105,10 +106,10 @@ SIZES: dict[str, Pi0Config] = {
         action_expert_variant="tiny",
         siglip_variant="tiny/8",
         action_horizon=10,
-        max_token_len=48,
+        max_token_len=16,
         image_resolution=64,
-        vocab_size=BYTE_VOCAB,
-        tokenizer="byte",
+        vocab_size=WORD_VOCAB,
+        tokenizer="word",
     ),
 }
 

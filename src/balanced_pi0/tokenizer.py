@@ -6,18 +6,19 @@ is PaliGemma's "start of answer" marker. The prompt is cleaned first (stripped,
 with a mask that is True on real tokens, and truncated (with a warning, as
 openpi does) when it is longer.
 
-- ``ByteTokenizer``: UTF-8 bytes, no download; the embedded default (its ids fit
-  ``model_config.BYTE_VOCAB``).
+- ``WordTokenizer``: one token per whitespace-separated word, its id a hash of the word; no
+  vocabulary file, no download; the embedded default (its ids fit ``model_config.WORD_VOCAB``).
 - ``SentencePieceTokenizer``: PaliGemma's own SentencePiece model from a file,
   for real openpi checkpoints (``paligemma_tokenizer.model``).
 
 ``for_model`` picks the one the model size was built for (``Pi0Config.tokenizer``), so
-byte ids never reach PaliGemma's 257k vocabulary.
+hashed word ids never reach PaliGemma's 257k vocabulary.
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,9 +28,9 @@ from balanced_pi0.errors import InputError
 
 log = logging.getLogger(__name__)
 
-# PaliGemma's special ids, kept by the byte tokenizer so padding and BOS mean the same in both.
+# PaliGemma's special ids, kept by the word tokenizer so padding and BOS mean the same in both.
 PAD_ID, EOS_ID, BOS_ID = 0, 1, 2
-BYTE_OFFSET = 3
+NUM_SPECIAL = 3
 
 
 def clean_prompt(prompt: str) -> str:
@@ -70,16 +71,43 @@ class _Tokenizer:
         return np.stack(tokens), np.stack(masks)
 
 
-class ByteTokenizer(_Tokenizer):
-    """UTF-8 bytes shifted past PaliGemma's pad/eos/bos ids; needs no vocabulary file."""
+class WordTokenizer(_Tokenizer):
+    """One token per whitespace-separated word (the newline marker is one more), id
+    ``NUM_SPECIAL + crc32(word) % (vocab_size - NUM_SPECIAL)``: the hashing trick.
 
-    vocab_size = BYTE_OFFSET + 256
+    Why not bytes: a prompt of the embedded task is 8 words, about 9 pieces of PaliGemma's
+    SentencePiece model, but 43 bytes. Byte tokens made the tiny model's prefix mostly text
+    (48 of 64 tokens, against 3 x 256 image tokens and ~10 text tokens in real pi0) and cost 2.6x
+    its JAX train step. Why not a library's word-level model: it needs a vocabulary built from the
+    dataset and carried to every run and rollout; a hash needs nothing. Two words may share an id
+    (probability about n^2 / (2 vocab_size) for n distinct words): ``collisions`` names them, and a
+    test holds the embedded task's and Meta-World's prompts free of any.
+    """
 
-    def __init__(self, max_len: int):
+    def __init__(self, max_len: int, vocab_size: int):
+        if vocab_size <= NUM_SPECIAL:
+            raise InputError(f"word tokenizer: vocab_size must exceed {NUM_SPECIAL}, got {vocab_size}")
         self.max_len = _check_max_len(max_len)
+        self.vocab_size = vocab_size
+
+    def word_id(self, word: str) -> int:
+        return NUM_SPECIAL + zlib.crc32(word.encode("utf-8")) % (self.vocab_size - NUM_SPECIAL)
 
     def _encode(self, text: str) -> list[int]:
-        return [b + BYTE_OFFSET for b in text.encode("utf-8")]
+        return [self.word_id("\n")] if text == "\n" else [self.word_id(w) for w in text.split()]
+
+    def collisions(self, prompts: Sequence[str]) -> list[tuple[str, str]]:
+        """Pairs of distinct words of ``prompts`` (or the newline marker) that share an id."""
+        words = sorted({w for p in prompts for w in clean_prompt(p).split()} | {"\n"})
+        seen: dict[int, str] = {}
+        pairs = []
+        for w in words:
+            i = self.word_id(w)
+            if i in seen:
+                pairs.append((seen[i], w))
+            else:
+                seen[i] = w
+        return pairs
 
 
 class SentencePieceTokenizer(_Tokenizer):
@@ -107,19 +135,19 @@ def for_model(model) -> _Tokenizer:
     """The tokenizer of a run's ``model`` params section: the one its size's vocabulary belongs to.
 
     Raises ``InputError`` naming ``model.tokenizer_path`` when a SentencePiece size has no model
-    file, or a byte size is given one (no knob is silently ignored).
+    file, or a word-hashing size is given one (no knob is silently ignored).
     """
     from balanced_pi0.model_config import get_config
 
     config = get_config(model.size)
     path = model.tokenizer_path
-    if config.tokenizer == "byte":
+    if config.tokenizer == "word":
         if path is not None:
             raise InputError(
-                f"model.tokenizer_path: model size {model.size!r} uses the byte tokenizer and reads no "
+                f"model.tokenizer_path: model size {model.size!r} uses the word tokenizer and reads no "
                 f"tokenizer file; set it to null (got {path!r})"
             )
-        return ByteTokenizer(model.max_token_len)
+        return WordTokenizer(model.max_token_len, config.vocab_size)
     if path is None:
         raise InputError(
             f"model.tokenizer_path: model size {model.size!r} has PaliGemma's vocabulary and needs its "
