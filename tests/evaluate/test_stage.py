@@ -148,3 +148,44 @@ def test_closed_loop_noise_modes(mode, tmp_path):
     assert not np.array_equal(seen[0][0], seen[0][1])  # scenes draw their own noise
     same_each_call = all(np.array_equal(seen[0], n) for n in seen[1:])
     assert same_each_call == (mode == "per_scene")
+
+
+def test_only_the_scenes_with_a_video_render_every_step(tmp_path):
+    """``eval.videos``: those scenes record every frame; the rest of their batch renders only the
+    observations the policy reads (one per executed chunk)."""
+
+    class CountingEnv:
+        fps = 10.0
+
+        def __init__(self):
+            self.renders = 0
+
+        def reset(self, seed):
+            self.t = 0
+            return {"state": np.zeros(23, np.float32), "images": self.render()}
+
+        def step(self, action, render=True):
+            self.t += 1
+            obs = {"state": np.asarray(action, np.float32), "images": self.render() if render else None}
+            return obs, False, self.t >= 6
+
+        def render(self):
+            self.renders += 1
+            return {"head": np.full((4, 4, 3), self.t, np.uint8)}
+
+        def close(self):
+            pass
+
+    params = config.from_dict({"eval": {"rollouts": 3, "parallel_envs": 3, "max_steps": 6, "videos": 1}})
+    envs = []
+
+    def make_env():
+        envs.append(CountingEnv())
+        return envs[-1]
+
+    def hold(observations, seeds):
+        return np.stack([np.repeat(o["state"][None], 4, axis=0) for o in observations])
+
+    stage.run_rollouts(params, make_env, hold, chunk=2, name="test", out=tmp_path, videos=1)
+    assert [e.renders for e in envs] == [1 + 6, 1 + 3, 1 + 3]
+    assert [p.name for p in (tmp_path / "rollouts").iterdir()] == [f"seed{params.eval.rollout_seed}.gif"]

@@ -20,7 +20,7 @@ same summary per task too (``by_task``), so one multi-task run reports every tas
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -114,13 +114,16 @@ def rollout_batch(
     max_steps: int,
     reset_policy: Callable[[int], None] | None = None,
     record_camera: str | None = None,
+    recorded: Collection[int] | None = None,
 ) -> list[Rollout]:
     """One episode per (env, seed), run in lockstep so the policy sees one batch per chunk.
 
     The batch always holds every env (a finished one repeats its last observation and its
     chunk is ignored), so the policy's input shape never changes: one compilation, and a
     scene's actions do not depend on when the other scenes finish. ``reset_policy(i)`` is
-    called after env i's reset, so a stateful policy may read the new scene.
+    called after env i's reset, so a stateful policy may read the new scene. The envs of index
+    ``recorded`` (default: all) record ``record_camera`` at every step, the others only render what
+    the policy reads.
     """
     if n_action_steps <= 0:
         raise InputError(f"eval.n_action_steps must be > 0, got {n_action_steps}")
@@ -131,7 +134,10 @@ def rollout_batch(
         obs.append(env.reset(seed))
         if reset_policy is not None:
             reset_policy(i)
-    tracks = [_Track(env, o, record_camera) for env, o in zip(envs, obs, strict=True)]
+    tracks = [
+        _Track(env, o, record_camera if recorded is None or i in recorded else None)
+        for i, (env, o) in enumerate(zip(envs, obs, strict=True))
+    ]
     while not all(t.finished(max_steps) for t in tracks):
         chunks = np.asarray(policy(obs, list(seeds)), dtype=np.float32)
         if chunks.ndim != 3 or chunks.shape[0] != len(envs) or chunks.shape[1] == 0:

@@ -251,6 +251,7 @@ def run_rollouts(
                     max_steps=ec.max_steps,
                     reset_policy=None if reset is None else (lambda i: reset(i, envs[i])),
                     record_camera=params.dataset.cameras[0] if (out is not None and lo < videos) else None,
+                    recorded=range(videos - lo),  # only the scenes with a video render every step
                 )[: len(batch)]
                 for i, r in enumerate(done):
                     if r.frames is not None and lo + i < videos:
