@@ -220,7 +220,7 @@ class OptimizerConfig:
     peak_lr: float = Field(6e-3, gt=0.0, allow_inf_nan=False)
     decay_lr: float = Field(1e-4, ge=0.0, allow_inf_nan=False)
     warmup_steps: int = Field(20, ge=0)
-    decay_steps: int = Field(2000, gt=0)
+    decay_steps: int = Field(3000, gt=0)
     clip_norm: float = Field(1.0, gt=0.0, allow_inf_nan=False)
     #: Adam's moment decays: in [0, 1), or the moments never forget (1) or grow without bound
     b1: float = Field(0.9, ge=0.0, lt=1.0)
@@ -259,7 +259,7 @@ class TrainConfig:
     loss: LossConfig = Field(default_factory=LossConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     #: at least one phase: an empty curriculum would export the untrained init as a result
-    curriculum: list[PhaseConfig] = Field(default_factory=lambda: [PhaseConfig(steps=2000)], min_length=1)
+    curriculum: list[PhaseConfig] = Field(default_factory=lambda: [PhaseConfig(steps=3000)], min_length=1)
     checkpoint_every: int = Field(500, gt=0)
     #: complete checkpoints kept on disk (the newest ones)
     keep_checkpoints: int = Field(2, gt=0)
