@@ -28,14 +28,14 @@ from flax import nnx
 
 from balanced_pi0.backends.jax import pi0 as jax_pi0
 from balanced_pi0.backends.jax.params import export_params
-from balanced_pi0.model_config import SIZES, Pi0Config
+from balanced_pi0.model_config import SIZES, WORD_VOCAB, Pi0Config
 from balanced_pi0.tokenizer import WordTokenizer
 
 
 def make_batch(cfg: Pi0Config, batch_size: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     res, shape = cfg.image_resolution, (batch_size, cfg.action_horizon, cfg.action_dim)
-    tok = WordTokenizer(cfg.max_token_len, min(cfg.vocab_size, 8192))
+    tok = WordTokenizer(cfg.max_token_len, min(cfg.vocab_size, WORD_VOCAB))
     tokens, mask = tok.tokenize_batch(["pick up the cube"] * batch_size)
     return {
         "images": {c: rng.uniform(-1, 1, (batch_size, res, res, 3)).astype(np.float32) for c in cfg.cameras},

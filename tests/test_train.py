@@ -587,12 +587,14 @@ def pi0_params(backend: str, **train_overrides) -> _config.Params:
 
 
 def pi0_batch(step: int) -> dict:
-    from balanced_pi0.model_config import CAMERAS
+    from balanced_pi0.model_config import CAMERAS, WORD_VOCAB
     from balanced_pi0.tokenizer import WordTokenizer
 
     episodes = make_episodes()
     pio = policy_io(episodes)
-    pio = PolicyIO(**{**pio.__dict__, "model_cameras": CAMERAS, "tokenize": WordTokenizer(24, 8192).tokenize})
+    pio = PolicyIO(
+        **{**pio.__dict__, "model_cameras": CAMERAS, "tokenize": WordTokenizer(24, WORD_VOCAB).tokenize}
+    )
     batch = pio.model_batch(ToyLoader(episodes, np.arange(6), 0)._batch(step))
     batch["noise"], batch["time"] = flow.sample_noise_time(0, step, 3, HORIZON, 32)
     return batch
