@@ -159,6 +159,33 @@ def test_train_names_the_split_file_of_a_missing_episode_and_writes_nothing(prep
     assert not out.exists()  # no metadata.json, no live/
 
 
+def _write_expert(path: Path, seeds) -> None:
+    path.write_text(json.dumps({"per_seed": [{"seed": s, "success": True} for s in seeds]}))
+
+
+def test_eval_refuses_an_expert_of_other_scenes(prepared, tmp_path):  # noqa: F811
+    """Ratios against the expert compare the same scenes: an expert run at another
+    eval.rollout_seed (or count) stops the eval, naming the file, before anything is written."""
+    params = stage_params("jax")
+    seeds = eval_stage.rollout_seeds(params)
+    run_dir = _run_dir_with_final(tmp_path / "run")
+    out = tmp_path / "eval"
+    args = (prepared["dataset"], prepared["split"], prepared["norm_stats"], str(run_dir))
+    for name, other in [("shifted", [s + 40_000 for s in seeds]), ("fewer", seeds[:-1]), ("none", None)]:
+        expert = tmp_path / f"{name}.json"
+        if other is None:
+            expert.write_text("{}")
+        else:
+            _write_expert(expert, other)
+        with pytest.raises(
+            InputError,
+            match=rf"{name}\.json: the expert's rollouts are of .*, this eval's of "
+            rf"{len(seeds)} scenes \(seeds {seeds[0]}\.\.{seeds[-1]}\)",
+        ):
+            eval_stage.run(params, *args, str(expert), str(out))
+    assert not out.exists()
+
+
 def _ns(prepared):  # noqa: F811
     return {"arm_heavy": prepared["arm_heavy"], "norm_stats": prepared["norm_stats"]}
 
@@ -515,7 +542,7 @@ def test_eval_of_non_finite_params_writes_nothing(prepared, tmp_path):  # noqa: 
     args = (prepared["dataset"], prepared["split"], prepared["norm_stats"], str(run_dir))
     with pytest.raises(InputError, match=r"expert\.json: expert rollouts not found"):
         eval_stage.run(stage_params("jax"), *args, str(run_dir / "expert.json"), str(out))
-    (run_dir / "expert.json").write_text("{}")
+    _write_expert(run_dir / "expert.json", eval_stage.rollout_seeds(stage_params("jax")))
     with pytest.raises(InputError, match=r"final/params\.npz: param 'w' holds non-finite values"):
         eval_stage.run(stage_params("jax"), *args, str(run_dir / "expert.json"), str(out))
     assert (out / "metrics.json").read_text() == '{"previous": 1}\n'

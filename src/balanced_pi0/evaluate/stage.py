@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ def run(
     val = io.read_split(split, need_val=True, dataset_episodes=low.episodes)["val"]
     policy_io = PolicyIO.from_params(params, norm_stats)
     check_norm_stats(policy_io, params, norm_stats, state_dim=low.state.shape[1])
-    expert_summary = read_expert(Path(expert)) if ec.rollouts > 0 else None
+    expert_summary = read_expert(Path(expert), rollout_seeds(params)) if ec.rollouts > 0 else None
     flat = io.load_params_npz(final, what="the run's final params")
     backend = make_backend(params)
     init_backend(backend, flat, str(final))
@@ -159,10 +159,26 @@ def run(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def read_expert(path: Path) -> dict:
-    return io.read_json_object(
+def read_expert(path: Path, seeds: Sequence[int]) -> dict:
+    """The expert's summary, checked to be of the scenes ``seeds`` (``rollout_seeds(params)``): every
+    ratio against the expert compares rollouts of the same scenes, or the eval stops."""
+    summary = io.read_json_object(
         path, "of expert rollout results", missing="expert rollouts not found (run `bpi0 expert` first)"
     )
+    entries = summary.get("per_seed")
+    have = [e.get("seed") for e in entries if isinstance(e, dict)] if isinstance(entries, list) else None
+    if have != list(seeds):
+        raise InputError(
+            f"{path}: the expert's rollouts are of {_scenes(have)}, this eval's of {_scenes(list(seeds))} "
+            "(eval.rollout_seed, eval.rollouts); run `bpi0 expert` with this eval's params"
+        )
+    return summary
+
+
+def _scenes(seeds: list | None) -> str:
+    if seeds is None:
+        return "no per-scene list"
+    return f"{len(seeds)} scenes" + (f" (seeds {seeds[0]}..{seeds[-1]})" if seeds else "")
 
 
 def publish(staging: Path, out: Path) -> None:
