@@ -77,8 +77,8 @@ class WordTokenizer(_Tokenizer):
 
     Why not bytes: a prompt of the embedded task is 8 words, about 9 pieces of PaliGemma's
     SentencePiece model, but 43 bytes. Byte tokens made the tiny model's prefix mostly text
-    (48 of 64 tokens, against 3 x 256 image tokens and ~10 text tokens in real pi0) and cost 2.6x
-    its JAX train step. Why not a library's word-level model: it needs a vocabulary built from the
+    (48 of 64 tokens, against 3 x 256 image tokens and ~10 text tokens in real pi0) and cost 1.65x
+    its JAX train step on a quiet machine (README, *Measured*). Why not a library's word-level model: it needs a vocabulary built from the
     dataset and carried to every run and rollout; a hash needs nothing. Two words may share an id
     (probability about n^2 / (2 vocab_size) for n distinct words): ``collisions`` names them, and a
     test holds the embedded task's and Meta-World's prompts free of any.
