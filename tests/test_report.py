@@ -133,7 +133,16 @@ def test_pooled_success_sums_seeds_and_tests_the_difference():
         {"outcome": "wrong_place", "closest_approach_m": d} for d in (0.1, 0.2)
     ] + [{"outcome": "arm_idle", "closest_approach_m": 0.01}]
     closed["main"][1]["per_seed"] = [{"outcome": "wrong_place", "closest_approach_m": 0.9}]
+    for s, (arm, base) in enumerate([(2, 8), (1, 9), (0, 10)]):  # successes of 10 scenes per kind
+        closed["main"][s]["by_task"] = {
+            "arm_heavy": {"successes": arm, "episodes": 10},
+            "base_heavy": {"successes": base, "episodes": 10},
+        }
     pooled = report.pooled_success(closed)
+    by_kind = pooled["main"]["by_task"]
+    assert list(by_kind) == ["arm_heavy", "base_heavy"] and pooled["delta"]["by_task"] == {}
+    assert (by_kind["arm_heavy"]["successes"], by_kind["arm_heavy"]["rollouts"]) == (3, 30)
+    assert by_kind["base_heavy"]["rate"] == pytest.approx(0.9) and by_kind["base_heavy"]["lo"] < 0.9
     assert pooled["main"]["wrong_place_closest_m"] == pytest.approx(0.2)  # median over seeds, failures only
     assert pooled["delta"]["wrong_place_closest_m"] is None
     assert pooled["main"]["successes"] == 90 and pooled["main"]["rollouts"] == 180

@@ -177,8 +177,10 @@ def overdispersion(cells: Sequence[Sequence[tuple[int, int]]]) -> dict[str, Any]
 
 
 def pooled_success(closed: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
-    """Per variant: successes and rollouts over all seeds, the rate, its Wilson interval, outcomes, and
-    the median closest approach of its wrong-place failures over all seeds (m; None without any)."""
+    """Per variant: successes and rollouts over all seeds, the rate, its Wilson interval, outcomes, the
+    median closest approach of its wrong-place failures over all seeds (m; None without any), and, when
+    the env names each scene's kind (``by_task``: the embedded task's ``arm_heavy``/``base_heavy``),
+    the same success per kind, pooled over seeds (``by_task``; empty without)."""
     from balanced_pi0.evaluate.closed_loop import OUTCOMES, median_closest, wilson_interval
 
     out = {}
@@ -197,6 +199,10 @@ def pooled_success(closed: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dic
             "wrong_place_closest_m": median_closest(
                 [e for r in runs.values() for e in r.get("per_seed", [])]
             ),
+            "by_task": {
+                t: _pool([_task_rates(r["by_task"])[t] for r in runs.values() if t in r.get("by_task", {})])
+                for t in dict.fromkeys(t for r in runs.values() for t in r.get("by_task", {}))
+            },
         }
     return out
 

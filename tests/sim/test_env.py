@@ -194,6 +194,21 @@ def test_progress_reports_reach_and_the_named_hand():
     assert env.progress()["in_reach"] == 0.0  # 1.5-4 m away
 
 
+def test_task_names_the_scene_kind_for_the_per_kind_summary():
+    env = MobileReachEnv(cameras=(), fps=10, arm_heavy_fraction=0.3)
+    assert env.task is None  # before any reset
+    env.reset(1, arm_heavy=True)
+    assert env.task == "arm_heavy"
+    env.reset(1, arm_heavy=False)
+    assert env.task == "base_heavy"
+    kinds = []
+    for seed in range(40):
+        env.reset(seed)
+        kinds.append(env.task)
+        assert env.task == ("arm_heavy" if env.arm_heavy else "base_heavy")
+    assert set(kinds) == {"arm_heavy", "base_heavy"}
+
+
 def test_state_ends_with_both_hands_in_the_robot_frame():
     env = MobileReachEnv(cameras=(), fps=10)
     obs = env.reset(7, arm_heavy=False)

@@ -168,6 +168,15 @@ class MobileReachEnv:
         return self.target.arm_heavy
 
     @property
+    def task(self) -> str | None:
+        """The scene's kind: ``arm_heavy`` (the cube placed within reach of the start pose) or
+        ``base_heavy`` (drive first). The closed-loop summary reports success per kind (``by_task``):
+        arm stagnation shows where the arm alone must do the work."""
+        if self.target is None:
+            return None
+        return "arm_heavy" if self.target.arm_heavy else "base_heavy"
+
+    @property
     def prompt(self) -> str:
         return f"reach the {self.target.colour} cube with the {self.target.hand} hand"
 
