@@ -207,8 +207,8 @@ def test_delta_actions_and_norm_stats_must_agree_in_params():
 
 def test_state_hidden_feeds_the_groups_state_as_its_mean_and_names_unknown_groups(tmp_path):
     write_stats(tmp_path / "standard.json", stats(32, 0), stats((10, D), 1))
-    seen = PolicyIO.from_params(_config.from_dict({}), tmp_path)
-    hidden = PolicyIO.from_params(_config.from_dict({"model": {"state_hidden": ["base"]}}), tmp_path)
+    seen = PolicyIO.from_params(_config.from_dict({"model": {"state_hidden": []}}), tmp_path)
+    hidden = PolicyIO.from_params(_config.from_dict({}), tmp_path)  # the default hides the base
     rng = np.random.default_rng(6)
     images = {"head": np.zeros((2, 32, 32, 3), np.uint8)}
     batch = {"state": rng.normal(size=(2, 32)).astype(np.float32), "images": images, "prompt": ["a", "b"]}

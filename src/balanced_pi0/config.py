@@ -195,7 +195,8 @@ class ModelConfig:
     #: layout groups whose state dims the policy does not see (fed as 0 after normalising, the
     #: dataset mean). A state that holds the last command (the embedded task's base velocity) lets
     #: a policy copy it instead of reading the scene (the "copycat" shortcut of imitation learning).
-    state_hidden: list[str] = Field(default_factory=list)
+    #: Default: R1Pro's ``base`` (its state is the realised base velocity); a layout without one sets [].
+    state_hidden: list[str] = Field(default_factory=lambda: ["base"])
 
 
 Strategy = Literal["uniform", "per_group", "per_dimension", "delta"]
@@ -277,18 +278,18 @@ class TrainConfig:
 class EvalConfig:
     num_flow_samples: int = Field(2, gt=0)
     num_steps: int = Field(10, gt=0)
-    rollouts: int = Field(60, ge=0)
+    rollouts: int = Field(90, ge=0)
     #: control steps before a rollout counts as failed (the expert needs at most ~90 in the default task)
     max_steps: int = Field(150, gt=0)
     rollout_seed: int = 10_000
-    n_action_steps: int = Field(2, gt=0)
+    n_action_steps: int = Field(4, gt=0)
     #: closed loop: the flow's starting noise at each replan. ``fresh``: a new draw per call (keyed by
     #: scene and call); ``per_scene``: one draw per scene, reused at every replan, so the policy is a
     #: fixed function of what it sees and consecutive chunks do not disagree by sampling alone;
     #: ``zero``: the noise distribution's mean.
     noise: Literal["fresh", "per_scene", "zero"] = "fresh"
     #: scenes rolled out in lockstep, the policy sampling one batch of chunks for all of them
-    parallel_envs: int = Field(60, gt=0)
+    parallel_envs: int = Field(90, gt=0)
     videos: int = Field(2, ge=0)
     #: offline: validation chunks per sampling batch, and every stride-th batch is scored
     batch_size: int = Field(64, gt=0)

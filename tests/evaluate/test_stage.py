@@ -118,7 +118,14 @@ def test_closed_loop_noise_modes(mode, tmp_path):
     params = config.from_dict(
         {
             "dataset": {"sim": {"resolution": 16}},
-            "eval": {"rollouts": 2, "parallel_envs": 2, "max_steps": 6, "videos": 0, "noise": mode},
+            "eval": {
+                "rollouts": 2,
+                "parallel_envs": 2,
+                "max_steps": 6,
+                "n_action_steps": 2,
+                "videos": 0,
+                "noise": mode,
+            },
             "model": {"action_horizon": 4},
         }
     )

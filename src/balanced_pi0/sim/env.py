@@ -22,7 +22,11 @@ would have to find a 2.5 cm cube anywhere on a 4 m disc from 32 px images, which
 they do not learn on two CPU cores. Adding the hand positions made no
 measurable difference to the reference's success in two single-seed design runs;
 they stay because R1Pro's policies observe them. With both, the problem left is
-the one the project studies: turning a known goal into base and arm motion.
+the one the project studies: turning a known goal into base and arm motion. The
+pipeline's policies do not read the base's three dims (``model.state_hidden``):
+they are the realised velocity, i.e. the last command, and a policy that reads them
+keeps doing what it did (the "copycat" shortcut); the paper's ``base_state``
+variant measures what reading them costs.
 
 Task: a cube of a named colour is placed either within reach of the start pose
 (arm-heavy) or 1.5-4 m away (base-heavy); the prompt names the colour and the
