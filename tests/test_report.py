@@ -143,7 +143,31 @@ def test_pooled_success_sums_seeds_and_tests_the_difference():
     assert list(by_kind) == ["arm_heavy", "base_heavy"] and pooled["delta"]["by_task"] == {}
     assert (by_kind["arm_heavy"]["successes"], by_kind["arm_heavy"]["rollouts"]) == (3, 30)
     assert by_kind["base_heavy"]["rate"] == pytest.approx(0.9) and by_kind["base_heavy"]["lo"] < 0.9
-    assert pooled["main"]["wrong_place_closest_m"] == pytest.approx(0.2)  # median over seeds, failures only
+    assert pooled["main"]["wrong_place_closest_m"] == pytest.approx(0.2)
+    # Per scene kind: tested where both variants report the kind, with the kinds' own dispersion.
+    for s, arm in enumerate([9, 10, 8]):
+        closed["delta"][s]["by_task"] = {"arm_heavy": {"successes": arm, "episodes": 10}}
+    kinds = report.pooled_success(closed)
+    cells = report.scene_cells(closed)
+    assert sorted(cells) == sorted(
+        [[(2, 10), (1, 10), (0, 10)], [(8, 10), (9, 10), (10, 10)], [(9, 10), (10, 10), (8, 10)]]
+    )
+    scene_phi = report.overdispersion(cells)
+    per_run0 = {v: {s: {m: 0.5 for m, _, _ in report.METRICS} for s in range(3)} for v in closed}
+    by_scene = [
+        c
+        for c in report.summarize(per_run0, {"q": ["main", "delta", "same"]}, kinds, None, scene_phi)[
+            "comparisons"
+        ]
+        if c["metric"] == "pooled_success_by_scene"
+    ]
+    assert [(c["variant"], c["scene"]) for c in by_scene] == [
+        ("delta", "arm_heavy")
+    ]  # "same" reports no kinds
+    c = by_scene[0]
+    assert c["diff"]["mean"] == pytest.approx(27 / 30 - 3 / 30) and c["diff"]["n"] == 30
+    assert c["verdict"] == "better" and c["min_detectable_difference"] >= c["min_detectable_if_independent"]
+    assert "on arm_heavy scenes" in report.finding_text(c)  # median over seeds, failures only
     assert pooled["delta"]["wrong_place_closest_m"] is None
     assert pooled["main"]["successes"] == 90 and pooled["main"]["rollouts"] == 180
     assert pooled["main"]["outcomes"]["arm_idle"] == 90 and pooled["same"]["outcomes"]["success"] == 0

@@ -212,9 +212,13 @@ def summarize(
     questions: Mapping[str, Sequence[str]],
     pooled: Mapping[str, Mapping[str, Any]] | None = None,
     dispersion: Mapping[str, Any] | None = None,
+    scene_dispersion: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``per_run[variant][seed][metric]`` → per-variant intervals and paired comparisons; pooled
-    success is tested with the seeds' ``dispersion`` (``overdispersion``; none: independent rollouts)."""
+    success is tested with the seeds' ``dispersion`` (``overdispersion``; none: independent rollouts),
+    and, where both variants report success per scene kind (``pooled_success``'s ``by_task``), so is
+    each kind's (metric ``pooled_success_by_scene``, its kind in ``scene``), with ``scene_dispersion``
+    (the seeds' overdispersion over cells of one variant and one kind)."""
     variants = {
         v: {m: clip_interval(t_interval([runs[s][m] for s in sorted(runs)]), m) for m, _, _ in METRICS}
         for v, runs in per_run.items()
@@ -248,11 +252,28 @@ def summarize(
                         **pooled_test(a, b, dispersion),
                     }
                 )
+                for scene in [t for t in a.get("by_task", {}) if t in b.get("by_task", {})]:
+                    at, bt = a["by_task"][scene], b["by_task"][scene]
+                    comparisons.append(
+                        {
+                            "question": question,
+                            "variant": v,
+                            "reference": ref,
+                            "metric": "pooled_success_by_scene",
+                            "scene": scene,
+                            "diff": {
+                                "mean": bt["rate"] - at["rate"],
+                                "n": min(at["rollouts"], bt["rollouts"]),
+                            },
+                            **pooled_test(at, bt, scene_dispersion),
+                        }
+                    )
     return {
         "variants": variants,
         "comparisons": comparisons,
         "pooled_success": dict(pooled or {}),
         "dispersion": dict(dispersion) if dispersion else None,
+        "scene_dispersion": dict(scene_dispersion) if scene_dispersion else None,
     }
 
 
@@ -312,11 +333,28 @@ def seed_cells(closed: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> list[li
     return [[(r["successes"], r["episodes"]) for _, r in sorted(runs.items())] for runs in closed.values()]
 
 
+def scene_cells(closed: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> list[list[tuple[int, int]]]:
+    """``overdispersion``'s cells per variant and scene kind (``by_task`` of each run's summary)."""
+    cells = []
+    for runs in closed.values():
+        kinds = dict.fromkeys(t for r in runs.values() for t in r.get("by_task", {}))
+        for t in kinds:
+            cells.append(
+                [
+                    (r["by_task"][t]["successes"], r["by_task"][t]["episodes"])
+                    for _, r in sorted(runs.items())
+                    if t in r.get("by_task", {})
+                ]
+            )
+    return cells
+
+
 def finding_text(c: Mapping[str, Any]) -> str:
     d = c["diff"]
-    if c["metric"] == "pooled_success":
+    if c["metric"] in ("pooled_success", "pooled_success_by_scene"):
+        where = f" on {c['scene']} scenes" if c["metric"] == "pooled_success_by_scene" else ""
         return (
-            f"{c['variant']} vs {c['reference']}, closed-loop success pooled over seeds: "
+            f"{c['variant']} vs {c['reference']}, closed-loop success{where} pooled over seeds: "
             f"{signed(d['mean'])} over {d['n']} rollouts each — {c['verdict']} (smallest detectable "
             f"difference {c['min_detectable_difference']:.3f})."
         )
@@ -513,7 +551,9 @@ def run(
             pooled[params.report.reference]["rate"], params.eval.rollouts, dispersion
         )
         dispersion["target_difference"] = TARGET_DIFFERENCE
-    summary = summarize(per_run, questions, pooled, dispersion)
+    scene_cells_ = scene_cells(closed)
+    scene_dispersion = overdispersion(scene_cells_) if scene_cells_ else None
+    summary = summarize(per_run, questions, pooled, dispersion, scene_dispersion)
     results = {
         "setup": _setup(params, Path(split), Path(arm_heavy), Path(analyze)),
         "reference": params.report.reference,
