@@ -199,10 +199,7 @@ def pooled_success(closed: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dic
             "wrong_place_closest_m": median_closest(
                 [e for r in runs.values() for e in r.get("per_seed", [])]
             ),
-            "by_task": {
-                t: _pool([_task_rates(r["by_task"])[t] for r in runs.values() if t in r.get("by_task", {})])
-                for t in dict.fromkeys(t for r in runs.values() for t in r.get("by_task", {}))
-            },
+            "by_task": {t: _pool(rates) for t, rates in _seed_rates_by_task(runs).items()},
         }
     return out
 
@@ -335,18 +332,21 @@ def seed_cells(closed: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> list[li
 
 def scene_cells(closed: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> list[list[tuple[int, int]]]:
     """``overdispersion``'s cells per variant and scene kind (``by_task`` of each run's summary)."""
-    cells = []
-    for runs in closed.values():
-        kinds = dict.fromkeys(t for r in runs.values() for t in r.get("by_task", {}))
-        for t in kinds:
-            cells.append(
-                [
-                    (r["by_task"][t]["successes"], r["by_task"][t]["episodes"])
-                    for _, r in sorted(runs.items())
-                    if t in r.get("by_task", {})
-                ]
-            )
-    return cells
+    return [
+        [(x["successes"], x["rollouts"]) for x in rates]
+        for runs in closed.values()
+        for rates in _seed_rates_by_task(runs).values()
+    ]
+
+
+def _seed_rates_by_task(runs: Mapping[int, Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per task (scene kind) of one variant's runs, in order of first appearance: the rate of each
+    seed that rolled it out (``_task_rates``), seeds in order. Empty when no run names tasks."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for _, r in sorted(runs.items()):
+        for t, rate in _task_rates(r.get("by_task", {})).items():
+            out.setdefault(t, []).append(rate)
+    return out
 
 
 def finding_text(c: Mapping[str, Any]) -> str:
