@@ -250,3 +250,32 @@ def test_a_step_without_images_renders_them_on_request():
         np.testing.assert_array_equal(images[cam], img)
     lazy.close()
     eager.close()
+
+
+def test_envs_of_one_model_share_a_renderer_that_draws_each_envs_own_scene():
+    """Lockstep eval's envs share one GL context (``shared_renderer``); each still gets the images
+    a renderer of its own gives for its state, and closing one leaves the others rendering."""
+    from balanced_pi0.sim.common import make_renderer, render_cameras
+
+    a, b = MobileReachEnv(resolution=16), MobileReachEnv(resolution=16)
+    obs = a.reset(3)
+    b.reset(4)
+    for _ in range(3):
+        obs, _, _ = a.step(hold(obs), render=False)
+    images_a, images_b = a.render(), b.render()
+    assert a._renderer is b._renderer
+    assert MobileReachEnv(resolution=8).render()["head"].shape == (8, 8, 3)  # one per resolution
+    assert any(not np.array_equal(images_a[c], images_b[c]) for c in images_a)
+    for env, images in ((a, images_a), (b, images_b)):
+        own = make_renderer(env.model, 16)
+        try:
+            expected = render_cameras(own, env.data, env.cameras)
+        finally:
+            own.close()
+        for cam in env.cameras:
+            np.testing.assert_array_equal(images[cam], expected[cam], err_msg=cam)
+    a.close()
+    again = b.render()
+    for cam in b.cameras:
+        np.testing.assert_array_equal(again[cam], images_b[cam])
+    b.close()

@@ -46,7 +46,7 @@ import numpy as np
 
 from balanced_pi0.errors import InputError
 from balanced_pi0.sim import robot
-from balanced_pi0.sim.common import check_action, make_renderer, render_cameras
+from balanced_pi0.sim.common import check_action, render_cameras, shared_renderer
 
 ACTION_DIM = 23
 #: The 23 proprioceptive dims in action order, then the target's position in the robot frame,
@@ -120,7 +120,8 @@ class MobileReachEnv:
         self.resolution, self.cameras, self.max_steps, self.fps = resolution, tuple(cameras), max_steps, fps
         self.dt = 1.0 / fps
         self.arm_heavy_fraction = arm_heavy_fraction
-        self.model = mujoco.MjModel.from_xml_string(robot.build_mjcf())
+        self._mjcf = robot.build_mjcf()
+        self.model = mujoco.MjModel.from_xml_string(self._mjcf)
         self.data = mujoco.MjData(self.model)
         self._index_joints()
         self._renderer = None
@@ -163,7 +164,7 @@ class MobileReachEnv:
         if not self.cameras:
             return {}
         if self._renderer is None:
-            self._renderer = make_renderer(self.model, self.resolution)
+            self._renderer = shared_renderer(self._mjcf, self.model, self.resolution)
         return render_cameras(self._renderer, self.data, self.cameras)
 
     @property
@@ -215,9 +216,8 @@ class MobileReachEnv:
         return self.data.qpos[self._base_qpos].copy()
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        """Lets go of the renderer; it stays with the process's other envs of this model (``shared_renderer``)."""
+        self._renderer = None
 
     # --- internals ------------------------------------------------------------------
     def _index_joints(self) -> None:
