@@ -8,24 +8,31 @@
 #      filter, expert) with one `dvc repro`;
 #   2. runs the train@/eval@ pairs of the matrix in JOBS workers, each pair with
 #      `dvc repro --single-item` (no upstream checks, so workers never wait on each other's
-#      read locks), retrying while another worker holds the repo lock for a moment;
+#      read locks), retrying while another worker holds the repo lock for a moment. Workers
+#      take the next pair from one queue, longest first by the previous run's times, so that
+#      no worker is left alone with a long (torch) run at the end. Workers are not pinned to
+#      cores: it would be ~10% faster, but XLA partitions loops by the cores a process may use,
+#      so a run on one core gives other bits than on two (README, Determinism);
 #   3. finishes with a plain `dvc repro`, which finds the matrix up to date, runs the paper,
 #      and fails if anything is still stale.
-# A run's bytes do not depend on what runs beside it (tests/test_train.py checks two runs
-# side by side against one alone). JOBS=1 gives the plain sequential `dvc repro`.
+# A run's bytes do not depend on what runs beside it: tests/test_pipeline.py runs this script and
+# plain `dvc repro` on a toy project and compares their dvc.lock files. JOBS=1 gives the plain
+# sequential `dvc repro`; REPRO_DVC names the dvc command (default: the locked environment's).
 # Each stage's wall time goes to results/repro_times.tsv (stage, worker, seconds; a stage DVC
 # found up to date takes about a second): `benchmarks/repro_split.py` prints the split.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-$(nproc)}
-DVC=(python3 -m uv run --locked dvc)
+read -ra DVC <<<"${REPRO_DVC:-python3 -m uv run --locked dvc}"
 TIMES=results/repro_times.tsv
 
 if [ "$JOBS" -le 1 ]; then
-  exec timed 0 paper "${DVC[@]}" repro
+  exec "${DVC[@]}" repro
 fi
 
 mkdir -p results
+previous=$(mktemp)
+[ -f "$TIMES" ] && cp "$TIMES" "$previous"
 printf 'stage\tworker\tseconds\n' >"$TIMES"
 timed() {  # timed WORKER STAGE COMMAND...: run, and log the stage's wall time
   local worker=$1 stage=$2 t0=$SECONDS
@@ -33,10 +40,6 @@ timed() {  # timed WORKER STAGE COMMAND...: run, and log the stage's wall time
   "$@" || return 1
   printf '%s\t%s\t%s\n' "$stage" "$worker" "$((SECONDS - t0))" >>"$TIMES"
 }
-
-for stage in env fetch analyze normstats filter expert; do
-  timed 0 "$stage" "${DVC[@]}" repro "$stage"
-done
 
 # with retries while another worker holds the repo lock (DVC takes it briefly around each stage)
 repro_single() {
@@ -59,22 +62,61 @@ repro_single() {
   return 1
 }
 
-mapfile -t runs < <("${DVC[@]}" stage list --name-only | sed -n 's/^train@//p')
-worker() {
-  local k=$1 i
-  for ((i = k; i < ${#runs[@]}; i += JOBS)); do
-    echo "repro [worker $k]: ${runs[i]}"
-    timed "$k" "train@${runs[i]}" repro_single "train@${runs[i]}" || return 1
-    timed "$k" "eval@${runs[i]}" repro_single "eval@${runs[i]}" || return 1
-  done
+# A queue the workers share: `take` prints the next index (flock keeps two workers off one item).
+queue=$(mktemp)
+take() {
+  (
+    flock 9
+    local i
+    i=$(cat "$queue")
+    echo $((i + 1)) >"$queue"
+    echo "$i"
+  ) 9>"$queue.lock"
 }
-pids=()
-for ((k = 0; k < JOBS; k++)); do
-  worker "$k" &
-  pids+=($!)
+
+# run_jobs WORK ITEM...: JOBS workers call `WORK WORKER ITEM` on the items in order, each taking
+# the next one when done.
+run_jobs() {
+  local work=$1 k status=0 pids=()
+  shift
+  local items=("$@")
+  echo 0 >"$queue"
+  worker() {
+    local k=$1 i
+    while i=$(take) && [ "$i" -lt ${#items[@]} ]; do
+      "$work" "$k" "${items[i]}" || return 1
+    done
+  }
+  for ((k = 0; k < JOBS; k++)); do
+    worker "$k" &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || status=1; done
+  return "$status"
+}
+
+stage_job() { timed "$1" "$2" repro_single "$2"; }
+run_pair() {
+  echo "repro [worker $1]: $2"
+  timed "$1" "train@$2" repro_single "train@$2" && timed "$1" "eval@$2" repro_single "eval@$2"
+}
+
+# Upstream: fetch spreads its episodes over the cores itself; the stages reading its dataset
+# are independent of each other.
+for stage in env fetch expert; do
+  timed 0 "$stage" "${DVC[@]}" repro "$stage"
 done
-status=0
-for p in "${pids[@]}"; do wait "$p" || status=1; done
-[ "$status" -eq 0 ] || { echo "repro: a matrix run failed (see above)" >&2; exit 1; }
+run_jobs stage_job analyze normstats filter || { echo "repro: an upstream stage failed (see above)" >&2; exit 1; }
+
+# The matrix, longest pair first by the previous run's times (pairs it did not time first of all).
+mapfile -t runs < <(
+  "${DVC[@]}" stage list --name-only | sed -n 's/^train@//p' | while read -r run; do
+    awk -F'\t' -v run="$run" '$1 == "train@" run || $1 == "eval@" run { t += $3; n++ }
+      END { printf "%s\t%s\n", (n ? t : 1e9), run }' "$previous"
+  done | sort -t$'\t' -k1,1gr -s | cut -f2
+)
+rm -f "$previous"
+run_jobs run_pair "${runs[@]}" || { echo "repro: a matrix run failed (see above)" >&2; exit 1; }
+rm -f "$queue" "$queue.lock"
 
 timed 0 paper "${DVC[@]}" repro
