@@ -12,7 +12,7 @@
 #      take the next pair from one queue, longest first by the previous run's times, so that
 #      no worker is left alone with a long (torch) run at the end. Workers are not pinned to
 #      cores: it would be ~10% faster, but XLA partitions loops by the cores a process may use,
-#      so a run on one core gives other bits than on two (README, Determinism);
+#      so a run on one core gives other bits than on two (README, Reproducibility);
 #   3. finishes with a plain `dvc repro`, which finds the matrix up to date, runs the paper,
 #      and fails if anything is still stale.
 # A run's bytes do not depend on what runs beside it: tests/test_pipeline.py runs this script and
