@@ -30,9 +30,18 @@ if [ "$JOBS" -le 1 ]; then
   exec "${DVC[@]}" repro
 fi
 
+# The matrix runs longest pair first by the last run's times (pairs it did not time first of all),
+# read before this run's times replace them.
+last_times=$TIMES
+[ -f "$last_times" ] || last_times=/dev/null
+mapfile -t runs < <(
+  "${DVC[@]}" stage list --name-only | sed -n 's/^train@//p' |
+    awk -F'\t' 'FILENAME != "-" { if ($1 ~ /@/) { sub(/^[a-z]+@/, "", $1); t[$1] += $3 }; next }
+      { print (($1 in t) ? t[$1] : 1e9) "\t" $1 }' "$last_times" - |
+    sort -t$'\t' -k1,1gr -s | cut -f2
+)
+
 mkdir -p results
-previous=$(mktemp)
-[ -f "$TIMES" ] && cp "$TIMES" "$previous"
 printf 'stage\tworker\tseconds\n' >"$TIMES"
 timed() {  # timed WORKER STAGE COMMAND...: run, and log the stage's wall time
   local worker=$1 stage=$2 t0=$SECONDS
@@ -64,6 +73,7 @@ repro_single() {
 
 # A queue the workers share: `take` prints the next index (flock keeps two workers off one item).
 queue=$(mktemp)
+trap 'rm -f "$queue" "$queue.lock"' EXIT
 take() {
   (
     flock 9
@@ -108,15 +118,6 @@ for stage in env fetch expert; do
 done
 run_jobs stage_job analyze normstats filter || { echo "repro: an upstream stage failed (see above)" >&2; exit 1; }
 
-# The matrix, longest pair first by the previous run's times (pairs it did not time first of all).
-mapfile -t runs < <(
-  "${DVC[@]}" stage list --name-only | sed -n 's/^train@//p' | while read -r run; do
-    awk -F'\t' -v run="$run" '$1 == "train@" run || $1 == "eval@" run { t += $3; n++ }
-      END { printf "%s\t%s\n", (n ? t : 1e9), run }' "$previous"
-  done | sort -t$'\t' -k1,1gr -s | cut -f2
-)
-rm -f "$previous"
 run_jobs run_pair "${runs[@]}" || { echo "repro: a matrix run failed (see above)" >&2; exit 1; }
-rm -f "$queue" "$queue.lock"
 
 timed 0 paper "${DVC[@]}" repro
